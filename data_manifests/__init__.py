@@ -1,0 +1,1 @@
+"""Label maps kept as data (JSON), read through :mod:`schemas.labels`."""

@@ -1,0 +1,49 @@
+"""The ``x2ct-pipeline`` command line.
+
+Each command lives beside the code it runs (``pipeline/<stage>/cli.py``) and
+imports its heavy dependencies (torch, dask, ...) inside the command body, so
+that ``--help`` stays instant. This module only assembles them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from pipeline._version import __version__
+from pipeline.manifests.cli import manifest_app
+
+app = typer.Typer(
+    name="x2ct-pipeline",
+    help="X2CT-CLIP: CT-level abnormality detection from chest radiographs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"x2ct-pipeline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """X2CT-CLIP pipeline: manifests, synthetic data, DRRs, CT-CLIP embeddings, training."""
+
+
+app.add_typer(manifest_app, name="manifest")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Turn the project's expected errors into one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    from pipeline.config_file import ConfigError
+    from pipeline.ct_io import CTLoadError
+    from pipeline.manifests.tables import TableError
+    from schemas.manifest import ManifestError
+
+    return (ConfigError, ManifestError, TableError, CTLoadError, FileNotFoundError)
+
+
+def friendly_errors(fn):
+    """Decorator for command bodies: expected errors print as ``error: ...`` and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except expected_errors() as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,1 @@
+"""Manifest builders: CT-RATE, RadChest-CT style NumPy sets, and a generic NIfTI + CSV set."""

@@ -1,0 +1,89 @@
+"""``x2ct-pipeline manifest ...``: build manifests (JSON Lines) from data folders and tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.cli_errors import friendly_errors
+
+manifest_app = typer.Typer(help="Build a manifest (JSON Lines, one volume a line) from a data folder.", no_args_is_help=True)
+
+CONFIG = typer.Option(None, "--config", help="YAML or JSON file with these options; flags override it.")
+
+
+def _finish(result, out: Path) -> None:
+    from pipeline.manifests.tables import write_problems
+    from schemas.manifest import write_manifest
+
+    digest = write_manifest(result.rows, out)
+    problems_file = write_problems(result.problems, out)
+    typer.echo(f"wrote {len(result.rows)} rows to {out} (sha256 {digest[:12]})")
+    if problems_file:
+        typer.secho(f"{len(result.problems)} problem(s), listed in {problems_file}:", fg=typer.colors.YELLOW, err=True)
+        for p in result.problems[:10]:
+            typer.echo(f"  {p.line()}", err=True)
+        if len(result.problems) > 10:
+            typer.echo(f"  ... and {len(result.problems) - 10} more", err=True)
+
+
+@manifest_app.command("ct-rate")
+@friendly_errors
+def ct_rate(
+    root: Optional[Path] = typer.Option(None, help="CT-RATE dataset folder (volumes and CSVs below it)."),
+    split: Optional[str] = typer.Option(None, help="train or valid."),
+    out: Optional[Path] = typer.Option(None, help="Manifest file to write (.jsonl)."),
+    reports_csv: Optional[Path] = typer.Option(None, help="Reports CSV (default: found under --root)."),
+    labels_csv: Optional[Path] = typer.Option(None, help="Labels CSV (default: found under --root)."),
+    metadata_csv: Optional[Path] = typer.Option(None, help="Metadata CSV (default: found under --root; optional)."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Join CT-RATE volumes with their reports, labels and metadata; report what does not join."""
+    from pipeline.config_file import build_config
+    from pipeline.manifests.ct_rate import build_ct_rate
+    from schemas.stages import CTRateManifestConfig
+
+    cfg = build_config(CTRateManifestConfig, config, dict(root=root, split=split, out=out, reports_csv=reports_csv,
+                                                          labels_csv=labels_csv, metadata_csv=metadata_csv))
+    _finish(build_ct_rate(cfg), cfg.out)
+
+
+@manifest_app.command("radchest")
+@friendly_errors
+def radchest(
+    volumes: Optional[Path] = typer.Option(None, help="Folder of NumPy HU volumes (.npz/.npy)."),
+    labels_csv: Optional[Path] = typer.Option(None, help="RadChest-CT labels CSV (abnormality*location columns)."),
+    spacing_csv: Optional[Path] = typer.Option(None, help="CSV: VolumeName, XSpacing, YSpacing, ZSpacing (mm)."),
+    orientation: Optional[str] = typer.Option(None, help="Axcodes of the stored array axes (default: SPL)."),
+    split: Optional[str] = typer.Option(None, help="Split recorded in the rows (default: external)."),
+    out: Optional[Path] = typer.Option(None, help="Manifest file to write (.jsonl)."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """RadChest-CT style set: labels mapped to the CT-RATE 18 where they overlap (others null)."""
+    from pipeline.config_file import build_config
+    from pipeline.manifests.others import build_radchest
+    from schemas.stages import RadChestManifestConfig
+
+    cfg = build_config(RadChestManifestConfig, config, dict(volumes=volumes, labels_csv=labels_csv, spacing_csv=spacing_csv,
+                                                            orientation=orientation, split=split, out=out))
+    _finish(build_radchest(cfg), cfg.out)
+
+
+@manifest_app.command("generic")
+@friendly_errors
+def generic(
+    volumes: Optional[Path] = typer.Option(None, help="Folder of NIfTI volumes (searched recursively)."),
+    table: Optional[Path] = typer.Option(None, help="CSV: VolumeName, Findings_EN, Impressions_EN, label columns, optional CXRPath."),
+    split: Optional[str] = typer.Option(None, help="Split recorded in the rows (default: external)."),
+    out: Optional[Path] = typer.Option(None, help="Manifest file to write (.jsonl)."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Any folder of NIfTI volumes plus one table; absent label columns become null labels."""
+    from pipeline.config_file import build_config
+    from pipeline.manifests.others import build_generic
+    from schemas.stages import GenericManifestConfig
+
+    cfg = build_config(GenericManifestConfig, config, dict(volumes=volumes, table=table, split=split, out=out))
+    _finish(build_generic(cfg), cfg.out)

@@ -1,0 +1,31 @@
+"""The label vocabularies, read from the JSON files in ``data_manifests``."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> dict:
+    return json.loads(resources.files("data_manifests").joinpath(name).read_text("utf-8"))
+
+
+def ct_rate_labels() -> tuple[str, ...]:
+    """The 18 CT-RATE abnormality labels in CT-RATE column order."""
+    return tuple(_load("ct_rate_labels.json")["labels"])
+
+
+def mimic_ct_labels() -> tuple[str, ...]:
+    """The 11-label subset annotated in MIMIC-CT."""
+    return tuple(_load("mimic_ct_labels.json")["labels"])
+
+
+def radchest_mapping() -> dict[str, tuple[str, ...]]:
+    """CT-RATE label -> RadChest-CT abnormality names that imply it."""
+    return {k: tuple(v) for k, v in _load("radchest_ct_mapping.json")["mapping"].items()}
+
+
+CT_RATE_LABELS: tuple[str, ...] = ct_rate_labels()
+N_LABELS: int = len(CT_RATE_LABELS)

@@ -1,0 +1,181 @@
+"""Manifest rows and the manifest file (JSON Lines, one :class:`ManifestRow` a line).
+
+A manifest is the only thing every stage reads. Its identity is the sha256 of
+the file's bytes (:func:`manifest_sha256`), recorded by every store made from it.
+Relative paths in a row are resolved against the manifest file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas.labels import CT_RATE_LABELS, N_LABELS
+
+Split = Literal["train", "valid", "test", "external"]
+
+# split_patientID_scanID_reconstructionID, e.g. valid_53_a_1 (CT-RATE naming).
+CT_RATE_NAME = re.compile(r"^(?P<split>train|valid)_(?P<patient>\d+)_(?P<scan>[a-z]+)_(?P<recon>\d+)$")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npz", ".npy")
+
+
+def strip_volume_suffix(name: str) -> str:
+    """``valid_53_a_1.nii.gz`` -> ``valid_53_a_1``."""
+    for suffix in VOLUME_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def parse_ct_rate_name(volume_id: str) -> tuple[str, str, str, str]:
+    """Split a CT-RATE volume name into (split, patient_id, scan_id, reconstruction_id).
+
+    The ids are cumulative so that they are unique across the data set:
+    ``valid_53_a_1`` -> ``("valid", "valid_53", "valid_53_a", "valid_53_a_1")``.
+    """
+    match = CT_RATE_NAME.match(strip_volume_suffix(volume_id))
+    if match is None:
+        raise ValueError(
+            f"{volume_id!r} is not a CT-RATE volume name; expected split_patient_scan_reconstruction "
+            "such as 'valid_53_a_1'"
+        )
+    patient = f"{match['split']}_{match['patient']}"
+    scan = f"{patient}_{match['scan']}"
+    return match["split"], patient, scan, f"{scan}_{match['recon']}"
+
+
+class ManifestRow(BaseModel):
+    """One CT volume with its report, labels and, for external sets, a real CXR."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    volume_id: str = Field(min_length=1, description="Unique id, e.g. 'valid_53_a_1'.")
+    patient_id: str = Field(min_length=1, description="Patient group, e.g. 'valid_53'.")
+    scan_id: str = Field(min_length=1, description="Scan group (shares one report), e.g. 'valid_53_a'.")
+    reconstruction_id: str = Field(min_length=1, description="Reconstruction, e.g. 'valid_53_a_1'.")
+    split: Split
+    ct_path: str = Field(min_length=1, description="NIfTI (.nii/.nii.gz) or NumPy (.npy/.npz) volume.")
+    findings: str = ""
+    impressions: str = ""
+    labels: list[Optional[int]] = Field(
+        description=f"{N_LABELS} values in CT-RATE order: 1, 0, or null where the source has no such label."
+    )
+    spacing: Optional[tuple[float, float, float]] = Field(
+        default=None, description="Voxel spacing (mm) along the array's three axes; required for NumPy volumes."
+    )
+    orientation: Optional[str] = Field(
+        default=None,
+        description="Anatomical direction each array axis points to (nibabel axcodes, e.g. 'LPS'); NumPy volumes only.",
+    )
+    slope: Optional[float] = Field(default=None, description="Rescale slope from a CSV (see HU policy).")
+    intercept: Optional[float] = Field(default=None, description="Rescale intercept from a CSV (see HU policy).")
+    cxr_path: Optional[str] = Field(default=None, description="A real chest radiograph, for external sets.")
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, v: list[Optional[int]]) -> list[Optional[int]]:
+        if len(v) != N_LABELS:
+            raise ValueError(f"expected {N_LABELS} labels in CT-RATE order, got {len(v)}")
+        bad = [(CT_RATE_LABELS[i], x) for i, x in enumerate(v) if x not in (0, 1, None)]
+        if bad:
+            raise ValueError(f"labels must be 0, 1 or null; got {bad[:3]}")
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _check_spacing(cls, v):
+        if v is not None and not all(0.0 < s < 50.0 for s in v):
+            raise ValueError(f"spacing must be three positive millimetre values below 50, got {v}")
+        return v
+
+    @field_validator("orientation")
+    @classmethod
+    def _check_orientation(cls, v):
+        if v is None:
+            return v
+        v = v.upper()
+        axis_of = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+        if len(v) != 3 or sorted(axis_of.get(c, -1) for c in v) != [0, 1, 2]:
+            raise ValueError(f"orientation must name one of L/R, A/P and S/I per axis, e.g. 'LPS'; got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_numpy_needs_spacing(self):
+        if self.ct_path.endswith((".npy", ".npz")) and self.spacing is None:
+            raise ValueError("a NumPy volume has no header: give 'spacing' (mm per array axis)")
+        return self
+
+    @property
+    def report(self) -> str:
+        """Findings and impressions as one text (raw; cleaning is the text encoder's business)."""
+        return " ".join(t for t in (self.findings.strip(), self.impressions.strip()) if t)
+
+    def resolved_ct_path(self, manifest_dir: Path) -> Path:
+        p = Path(self.ct_path)
+        return p if p.is_absolute() else manifest_dir / p
+
+
+class ManifestError(ValueError):
+    """A manifest line failed validation; the message names the file, line, volume and field."""
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "(row)"
+        parts.append(f"field '{field}': {e['msg']}")
+    return "; ".join(parts)
+
+
+def read_manifest(path: str | Path) -> list[ManifestRow]:
+    """Read and validate a manifest; raises :class:`ManifestError` naming the first bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist; build one with `x2ct-pipeline manifest ...`")
+    rows: list[ManifestRow] = []
+    seen: dict[str, int] = {}
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            vid = data.get("volume_id", "?") if isinstance(data, dict) else "?"
+            try:
+                row = ManifestRow.model_validate(data)
+            except ValidationError as e:
+                raise ManifestError(f"{path}:{lineno} (volume {vid}): {_describe(e)}") from None
+            if row.volume_id in seen:
+                raise ManifestError(
+                    f"{path}:{lineno}: duplicate volume_id {row.volume_id!r} (first on line {seen[row.volume_id]})"
+                )
+            seen[row.volume_id] = lineno
+            rows.append(row)
+    return rows
+
+
+def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> str:
+    """Write rows atomically (temporary file, then rename); returns the manifest sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(row.model_dump_json(exclude_none=True) + "\n")
+    tmp.replace(path)
+    return manifest_sha256(path)
+
+
+def manifest_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,22 @@
+"""What every output records about how it was made."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Provenance(BaseModel):
+    """Stored as attributes (JSON) on every Zarr store, HDF5 file and run folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(description="Which stage wrote the output, e.g. 'simulate-drr'.")
+    software_version: str
+    config: dict[str, Any] = Field(description="The validated stage config, as JSON.")
+    config_sha256: str = Field(description="Hash of the part of the config that decides the output's content.")
+    manifest_sha256: Optional[str] = None
+    checkpoint_sha256: Optional[str] = None
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -1,0 +1,302 @@
+"""The embedding cache: one HDF5 file, written by one process, never left half-written.
+
+Why this design (see also the README section on ``embed-ct``). HDF5 keeps its
+metadata (B-trees, heaps, superblock) in a cache in memory; a process killed
+while a file is open for writing can leave that file unreadable, and SWMR mode
+does not protect against a kill either. So the HDF5 file is never modified in
+place:
+
+* **Commit** (every ``commit_every`` rows): the rows go into a small shard file
+  (:mod:`pipeline.embed.shards`), written to a temporary name, fsynced and
+  renamed into place. Cost: the rows themselves, independent of the cache size.
+* **Merge** (once the pending shards hold ``merge_fraction`` of the file's rows,
+  at least ``merge_min_rows``, and at the end of every run): the HDF5 file is
+  copied byte for byte to a temporary file (a sequential copy, about a second
+  for the 200 MB of a 50k-volume cache), the pending rows are appended to the
+  copy, the copy is fsynced and renamed over the file, and only then are the
+  shards deleted. Because merges happen when the pending rows reach a fixed
+  fraction of the file, the bytes copied over a whole run are a constant
+  multiple (about 1/fraction) of the final file size, not quadratic in it.
+* **Open** (every run): temporary files of an interrupted commit or merge are
+  removed; shards whose rows are already in the file (a kill between the rename
+  and the deletion) are skipped by id; the rest are merged.
+
+A SIGKILL at any moment therefore leaves a readable HDF5 file plus complete
+shards, and together they hold every row committed before the kill. The next
+run (or :func:`EmbeddingCache.open`) folds the shards in. One writer at a time
+is enforced with an advisory lock (``<out>.lock``), released by the OS even when
+the process is killed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from pipeline.embed.shards import Rows, ShardFolder, fsync_dir
+from schemas.embed import EMBED_LAYOUT_VERSION, LATENT_DIM, PROMPT_TEMPLATES, ROW_CHUNK, EmbedIdentity
+from schemas.labels import CT_RATE_LABELS, N_LABELS
+from schemas.provenance import Provenance
+
+STR = h5py.string_dtype("utf-8")
+COMPRESSION = dict(compression="gzip", compression_opts=4, shuffle=True)
+# name -> (trailing shape, dtype) of the per-row datasets
+ROW_DATASETS = {
+    "ids": ((), STR),
+    "scan_ids": ((), STR),
+    "ct": ((LATENT_DIM,), np.float32),
+    "report": ((LATENT_DIM,), np.float32),
+    "labels": ((N_LABELS,), np.uint8),
+}
+
+
+class CacheMismatchError(ValueError):
+    """The file was made with another checkpoint, tokenizer or preprocessing."""
+
+
+class CacheBusyError(RuntimeError):
+    """Another process is writing the same cache."""
+
+
+@dataclass
+class CacheHeader:
+    """What a new cache holds besides its rows."""
+
+    identity: EmbedIdentity
+    provenance: Provenance
+    temperature: float
+    prompts: dict[str, dict[str, np.ndarray]]  # template set -> {"positive": (18, 512), "negative": (18, 512)}
+
+
+def prompt_texts(template_set: str) -> dict[str, list[str]]:
+    """The exact texts embedded for a template set, one per label in CT-RATE order."""
+    pos, neg = PROMPT_TEMPLATES[template_set]
+    return {"positive": [pos.format(p=p) for p in CT_RATE_LABELS], "negative": [neg.format(p=p) for p in CT_RATE_LABELS]}
+
+
+def read_identity(path: Path) -> Optional[EmbedIdentity]:
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("identity")
+        return None if raw is None else EmbedIdentity.model_validate_json(raw)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write_header(f: h5py.File, header: CacheHeader) -> None:
+    for name, (trailing, dtype) in ROW_DATASETS.items():
+        f.create_dataset(name, shape=(0, *trailing), maxshape=(None, *trailing), dtype=dtype,
+                         chunks=(ROW_CHUNK, *trailing), **COMPRESSION)
+    f.create_dataset("label_names", data=np.array(CT_RATE_LABELS, dtype=object), dtype=STR)
+    f.create_dataset("temperature", data=np.float32(header.temperature))
+    for set_name, (pos, neg) in PROMPT_TEMPLATES.items():
+        g = f.create_group(f"prompts/{set_name}")
+        g.attrs["template_positive"], g.attrs["template_negative"] = pos, neg
+        texts = prompt_texts(set_name)
+        for kind in ("positive", "negative"):
+            emb = np.asarray(header.prompts[set_name][kind], dtype=np.float32)
+            if emb.shape != (N_LABELS, LATENT_DIM):
+                raise ValueError(f"prompt embeddings {set_name}/{kind} have shape {emb.shape}, expected {(N_LABELS, LATENT_DIM)}")
+            g.create_dataset(kind, data=emb)
+            g.create_dataset(f"{kind}_text", data=np.array(texts[kind], dtype=object), dtype=STR)
+    f.create_dataset("failures/ids", shape=(0,), maxshape=(None,), dtype=STR, chunks=(ROW_CHUNK,))
+    f.create_dataset("failures/reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(ROW_CHUNK,))
+    prov = header.provenance
+    f.attrs.update({
+        "layout_version": EMBED_LAYOUT_VERSION,
+        "provenance": prov.model_dump_json(),
+        "identity": header.identity.model_dump_json(),
+        "identity_sha256": header.identity.sha256(),
+        "checkpoint_sha256": header.identity.checkpoint_sha256,
+        "preprocessing": json.dumps(header.identity.preprocessing(), sort_keys=True),
+        "manifest_sha256": prov.manifest_sha256 or "",
+        "manifest_sha256_history": json.dumps([prov.manifest_sha256] if prov.manifest_sha256 else []),
+        "software_version": prov.software_version,
+        "created": prov.created,
+    })
+
+
+def _append_rows(f: h5py.File, rows: Rows) -> None:
+    n0, n = f["ids"].shape[0], len(rows)
+    data = {"ids": np.array(rows.ids, dtype=object), "scan_ids": np.array(rows.scan_ids, dtype=object),
+            "ct": rows.ct, "report": rows.report, "labels": rows.labels}
+    for name in ROW_DATASETS:
+        f[name].resize(n0 + n, axis=0)
+        f[name][n0:] = data[name]
+
+
+def _replace_failures(f: h5py.File, failures: dict[str, str]) -> None:
+    for name, values in (("failures/ids", list(failures)), ("failures/reasons", list(failures.values()))):
+        f[name].resize(len(values), axis=0)
+        if values:
+            f[name][:] = np.array(values, dtype=object)
+
+
+class EmbeddingCache:
+    """The single writer of one cache file. Use :meth:`open`, then :meth:`commit`, then :meth:`close`."""
+
+    def __init__(self, path: Path, identity: EmbedIdentity, lock_fd: int):
+        self.path = path
+        self.identity = identity
+        self._lock_fd = lock_fd
+        self.shards = ShardFolder(path.with_name(path.name + ".parts"), identity.sha256())
+        self._file_ids: set[str] = set()
+        self._pending: list[Rows] = []  # rows in shards, not yet in the HDF5 file
+        self.merge_fraction = 0.25
+        self.merge_min_rows = 1024
+
+    # ---- opening -------------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, identity: EmbedIdentity, *, overwrite: bool = False,
+             manifest_sha256: Optional[str] = None) -> "EmbeddingCache":
+        """Lock the cache, refuse a foreign one, clean up after a crash and fold pending shards in.
+
+        Does not create the file: if :attr:`exists` is False, call :meth:`create` with the header.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise CacheBusyError(f"{path} is being written by another embed-ct process; wait for it or stop it") from None
+        cache = cls(path, identity, lock_fd)
+        try:
+            cache._prepare(overwrite, manifest_sha256)
+        except BaseException:
+            cache.close(merge=False)
+            raise
+        return cache
+
+    def _prepare(self, overwrite: bool, manifest_sha256: Optional[str]) -> None:
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # an interrupted merge
+            stale.unlink(missing_ok=True)
+        self.shards.remove_leftovers()
+        if overwrite:
+            self.path.unlink(missing_ok=True)
+            self.shards.discard_all()
+        if not self.path.exists():
+            self.shards.discard_all()  # orphans of a deleted file: nothing says what made them
+            return
+        self._check_identity()
+        with h5py.File(self.path, "r") as f:
+            self._file_ids = set(f["ids"].asstr()[:])
+            history = json.loads(f.attrs.get("manifest_sha256_history", "[]"))
+        for shard in self.shards.files():
+            rows = self.shards.read(shard)
+            if rows is not None:
+                self._pending.append(rows)
+        new_manifest = manifest_sha256 is not None and manifest_sha256 not in history
+        if self._pending or new_manifest:
+            self.merge(extra_manifest=manifest_sha256 if new_manifest else None)
+
+    def _check_identity(self) -> None:
+        try:
+            theirs = read_identity(self.path)
+        except OSError as e:
+            raise CacheMismatchError(
+                f"{self.path} is not a readable HDF5 file ({e}); move it away or pass --overwrite"
+            ) from None
+        if theirs is None:
+            raise CacheMismatchError(f"{self.path} is not an embed-ct cache (no 'identity' attribute); choose another --out")
+        if theirs.sha256() != self.identity.sha256():
+            diffs = "; ".join(self.identity.differences(theirs))
+            raise CacheMismatchError(
+                f"{self.path} was made with another checkpoint or preprocessing ({diffs}). "
+                "Write to another --out, or pass --overwrite to discard it and embed everything again."
+            )
+
+    @property
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def create(self, header: CacheHeader) -> None:
+        """Write a new, empty cache with its prompts, temperature and attributes (atomically)."""
+        if header.identity.sha256() != self.identity.sha256():
+            raise ValueError("header identity differs from the cache's")
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        with h5py.File(tmp, "w") as f:
+            _write_header(f, header)
+        self._publish(tmp)
+
+    # ---- state -----------------------------------------------------------------------------------------------------
+    def done_ids(self) -> set[str]:
+        """Ids with a committed row (in the file or in a pending shard)."""
+        return self._file_ids | {i for r in self._pending for i in r.ids}
+
+    @property
+    def n_pending(self) -> int:
+        return sum(len(r) for r in self._pending)
+
+    # ---- writing ---------------------------------------------------------------------------------------------------
+    def commit(self, rows: Rows) -> None:
+        """Make ``rows`` durable (one shard); merge into the HDF5 file when enough are pending."""
+        if not self.exists:
+            raise RuntimeError("create() the cache before committing rows")
+        if len(rows) == 0 and not rows.failed_ids:
+            return
+        self.shards.write(rows)
+        self._pending.append(rows)
+        if self.n_pending >= max(self.merge_min_rows, self.merge_fraction * len(self._file_ids)):
+            self.merge()
+
+    def merge(self, extra_manifest: Optional[str] = None) -> None:
+        """Fold the pending shards into a fresh copy of the HDF5 file and move it into place."""
+        shard_files = self.shards.files()
+        if not self._pending and extra_manifest is None:
+            return
+        rows = Rows.concat(self._pending)
+        keep, seen = [], set(self._file_ids)
+        for i, vid in enumerate(rows.ids):  # skip rows merged before a kill between rename and shard deletion
+            if vid not in seen:
+                seen.add(vid)
+                keep.append(i)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        shutil.copyfile(self.path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            _append_rows(f, Rows(ids=[rows.ids[i] for i in keep], scan_ids=[rows.scan_ids[i] for i in keep],
+                                 ct=rows.ct[keep], report=rows.report[keep], labels=rows.labels[keep]))
+            failures = dict(zip(f["failures/ids"].asstr()[:], f["failures/reasons"].asstr()[:]))
+            failures.update(zip(rows.failed_ids, rows.failed_reasons))
+            _replace_failures(f, {k: v for k, v in failures.items() if k not in seen})
+            if extra_manifest:
+                history = json.loads(f.attrs.get("manifest_sha256_history", "[]")) + [extra_manifest]
+                f.attrs["manifest_sha256_history"] = json.dumps(history)
+        self._publish(tmp)
+        for p in shard_files:
+            p.unlink(missing_ok=True)
+        self._file_ids = seen
+        self._pending = []
+
+    def _publish(self, tmp: Path) -> None:
+        _fsync_file(tmp)
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def close(self, merge: bool = True) -> None:
+        """Merge what is pending (unless ``merge`` is False) and release the lock."""
+        try:
+            if merge and self._pending:
+                self.merge()
+        finally:
+            if self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self) -> "EmbeddingCache":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(merge=True)

@@ -11,10 +11,15 @@ import typer
 def expected_errors() -> tuple[type[BaseException], ...]:
     from pipeline.config_file import ConfigError
     from pipeline.ct_io import CTLoadError
+    from pipeline.ctclip.checkpoint import CheckpointError
+    from pipeline.ctclip.text import TokenizerError
+    from pipeline.embed.cache import CacheBusyError, CacheMismatchError
+    from pipeline.embed.stage import EmbedError, TooManyFailures
     from pipeline.manifests.tables import TableError
     from schemas.manifest import ManifestError
 
-    return (ConfigError, ManifestError, TableError, CTLoadError, FileNotFoundError)
+    return (ConfigError, ManifestError, TableError, CTLoadError, FileNotFoundError, CacheMismatchError, CacheBusyError,
+            EmbedError, TooManyFailures, CheckpointError, TokenizerError)
 
 
 def friendly_errors(fn):

@@ -11,19 +11,20 @@ path                            shape, dtype     holds
 ==============================  ===============  ================================================
 ``ids``                         (N,) utf-8 str   volume id (manifest ``volume_id``), unique
 ``scan_ids``                    (N,) utf-8 str   scan id: reconstructions of a scan share a report
-``ct``                          (N, 512) f32     CT latent, L2-normalised (``encode_ct``)
-``report``                      (N, 512) f32     report latent, L2-normalised (``encode_text``)
+``ct``                          (N, D) f32       CT latent, L2-normalised (``encode_ct``)
+``report``                      (N, D) f32       report latent, L2-normalised (``encode_text``)
 ``labels``                      (N, 18) u8       the 18 CT-RATE labels: 1, 0, or 255 = unknown
 ``label_names``                 (18,) utf-8 str  the label order (CT-RATE column order)
 ``temperature``                 () f32           the checkpoint's temperature; logit scale = exp(t)
-``prompts/<set>/positive``      (18, 512) f32    encode_text of the positive prompt per label
-``prompts/<set>/negative``      (18, 512) f32    encode_text of the negative prompt per label
+``prompts/<set>/positive``      (18, D) f32      encode_text of the positive prompt per label
+``prompts/<set>/negative``      (18, D) f32      encode_text of the negative prompt per label
 ``prompts/<set>/positive_text`` (18,) utf-8 str  the exact prompt texts embedded
 ``prompts/<set>/negative_text`` (18,) utf-8 str
 ``failures/ids``                (F,) utf-8 str   items that failed in the last run that tried them
 ``failures/reasons``            (F,) utf-8 str   why (one line each)
 ==============================  ===============  ================================================
 
+D is the CT-CLIP config's ``dim_latent``: 512 for the official model.
 ``<set>`` is each key of :data:`PROMPT_TEMPLATES`; the group's attributes
 ``template_positive`` / ``template_negative`` hold the templates.
 
@@ -52,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.ct import CTLoadConfig
 
 EMBED_LAYOUT_VERSION = 1
-LATENT_DIM = 512
+LATENT_DIM = 512  # of the official CT-CLIP; a cache's width is its model config's dim_latent
 ROW_CHUNK = 256  # rows per HDF5 chunk: 512 KiB of float32 latents, a cheap unit to read and decompress
 LABEL_MISSING = 255  # in ``labels``: the source has no such label (manifest null)
 
@@ -107,10 +108,9 @@ class EmbedConfig(BaseModel):
     )
     merge_min_rows: int = Field(default=1024, ge=1, description="...or at least this many rows.")
     max_failures: Optional[int] = Field(
-        default=None, ge=0, description="Stop (exit status 1) once more items than this have failed (default: no limit)."
+        default=None, ge=0, description="Stop (exit status 2) once more items than this have failed (default: no limit)."
     )
     overwrite: bool = Field(default=False, description="Discard an existing cache and embed everything again.")
-    text_max_length: int = Field(default=512, ge=8, le=512, description="Report tokens (WordPiece) kept per report.")
     ct: CTLoadConfig = Field(default_factory=CTLoadConfig)
     progress: bool = Field(default=True, description="Show a tqdm progress bar.")
 
@@ -125,7 +125,6 @@ class EmbedIdentity(BaseModel):
     model_config_json: dict[str, Any] = Field(description="The CT-CLIP config (sizes and preprocessing target).")
     ct_load: dict[str, Any] = Field(description="CTLoadConfig: HU policy, padding, air check.")
     precision: Precision
-    text_max_length: int
     layout_version: int = EMBED_LAYOUT_VERSION
 
     def sha256(self) -> str:
@@ -136,7 +135,6 @@ class EmbedIdentity(BaseModel):
         return {
             "ct_load": self.ct_load,
             "model_config": self.model_config_json,
-            "text_max_length": self.text_max_length,
             "precision": self.precision,
         }
 

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def identity(ckpt: str = "a" * 64) -> EmbedIdentity:
-    return EmbedIdentity(checkpoint_sha256=ckpt, tokenizer_sha256="b" * 64, model_config_json={"dim": 8},
-                         ct_load={"hu_policy": "header"}, precision="fp32", text_max_length=512)
+    return EmbedIdentity(checkpoint_sha256=ckpt, tokenizer_sha256="b" * 64, model_config_json={"dim_latent": 512},
+                         ct_load={"hu_policy": "header"}, precision="fp32")
 
 
 def header(ident: EmbedIdentity, seed: int = 0) -> CacheHeader:

@@ -42,20 +42,19 @@ import h5py
 import numpy as np
 
 from pipeline.embed.shards import Rows, ShardFolder, fsync_dir
-from schemas.embed import EMBED_LAYOUT_VERSION, LATENT_DIM, PROMPT_TEMPLATES, ROW_CHUNK, EmbedIdentity
+from schemas.embed import EMBED_LAYOUT_VERSION, PROMPT_TEMPLATES, ROW_CHUNK, EmbedIdentity
 from schemas.labels import CT_RATE_LABELS, N_LABELS
 from schemas.provenance import Provenance
 
 STR = h5py.string_dtype("utf-8")
 COMPRESSION = dict(compression="gzip", compression_opts=4, shuffle=True)
-# name -> (trailing shape, dtype) of the per-row datasets
-ROW_DATASETS = {
-    "ids": ((), STR),
-    "scan_ids": ((), STR),
-    "ct": ((LATENT_DIM,), np.float32),
-    "report": ((LATENT_DIM,), np.float32),
-    "labels": ((N_LABELS,), np.uint8),
-}
+ROW_DATASETS = ("ids", "scan_ids", "ct", "report", "labels")
+
+
+def _row_layout(latent_dim: int) -> dict[str, tuple[tuple[int, ...], object]]:
+    """name -> (trailing shape, dtype) of the per-row datasets."""
+    return {"ids": ((), STR), "scan_ids": ((), STR), "ct": ((latent_dim,), np.float32),
+            "report": ((latent_dim,), np.float32), "labels": ((N_LABELS,), np.uint8)}
 
 
 class CacheMismatchError(ValueError):
@@ -73,7 +72,11 @@ class CacheHeader:
     identity: EmbedIdentity
     provenance: Provenance
     temperature: float
-    prompts: dict[str, dict[str, np.ndarray]]  # template set -> {"positive": (18, 512), "negative": (18, 512)}
+    prompts: dict[str, dict[str, np.ndarray]]  # template set -> {"positive": (18, D), "negative": (18, D)}
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.identity.model_config_json["dim_latent"])
 
 
 def prompt_texts(template_set: str) -> dict[str, list[str]]:
@@ -94,7 +97,7 @@ def _fsync_file(path: Path) -> None:
 
 
 def _write_header(f: h5py.File, header: CacheHeader) -> None:
-    for name, (trailing, dtype) in ROW_DATASETS.items():
+    for name, (trailing, dtype) in _row_layout(header.latent_dim).items():
         f.create_dataset(name, shape=(0, *trailing), maxshape=(None, *trailing), dtype=dtype,
                          chunks=(ROW_CHUNK, *trailing), **COMPRESSION)
     f.create_dataset("label_names", data=np.array(CT_RATE_LABELS, dtype=object), dtype=STR)
@@ -105,8 +108,8 @@ def _write_header(f: h5py.File, header: CacheHeader) -> None:
         texts = prompt_texts(set_name)
         for kind in ("positive", "negative"):
             emb = np.asarray(header.prompts[set_name][kind], dtype=np.float32)
-            if emb.shape != (N_LABELS, LATENT_DIM):
-                raise ValueError(f"prompt embeddings {set_name}/{kind} have shape {emb.shape}, expected {(N_LABELS, LATENT_DIM)}")
+            if emb.shape != (N_LABELS, header.latent_dim):
+                raise ValueError(f"prompt embeddings {set_name}/{kind}: shape {emb.shape}, expected {(N_LABELS, header.latent_dim)}")
             g.create_dataset(kind, data=emb)
             g.create_dataset(f"{kind}_text", data=np.array(texts[kind], dtype=object), dtype=STR)
     f.create_dataset("failures/ids", shape=(0,), maxshape=(None,), dtype=STR, chunks=(ROW_CHUNK,))
@@ -128,6 +131,8 @@ def _write_header(f: h5py.File, header: CacheHeader) -> None:
 
 def _append_rows(f: h5py.File, rows: Rows) -> None:
     n0, n = f["ids"].shape[0], len(rows)
+    if n == 0:
+        return
     data = {"ids": np.array(rows.ids, dtype=object), "scan_ids": np.array(rows.scan_ids, dtype=object),
             "ct": rows.ct, "report": rows.report, "labels": rows.labels}
     for name in ROW_DATASETS:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.embed import LATENT_DIM
 from schemas.labels import N_LABELS
 
 SHARD_NAME = re.compile(r"^(\d{8})\.npz$")
@@ -29,8 +28,8 @@ class Rows:
 
     ids: list[str] = field(default_factory=list)
     scan_ids: list[str] = field(default_factory=list)
-    ct: np.ndarray = field(default_factory=lambda: np.zeros((0, LATENT_DIM), np.float32))
-    report: np.ndarray = field(default_factory=lambda: np.zeros((0, LATENT_DIM), np.float32))
+    ct: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (n, latent dim)
+    report: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0, N_LABELS), np.uint8))
     failed_ids: list[str] = field(default_factory=list)
     failed_reasons: list[str] = field(default_factory=list)
@@ -39,7 +38,8 @@ class Rows:
         n = len(self.ids)
         shapes = {"scan_ids": (len(self.scan_ids),), "ct": self.ct.shape, "report": self.report.shape,
                   "labels": self.labels.shape}
-        expected = {"scan_ids": (n,), "ct": (n, LATENT_DIM), "report": (n, LATENT_DIM), "labels": (n, N_LABELS)}
+        dim = self.ct.shape[1] if self.ct.ndim == 2 else -1
+        expected = {"scan_ids": (n,), "ct": (n, dim), "report": (n, dim), "labels": (n, N_LABELS)}
         bad = {k: v for k, v in shapes.items() if tuple(v) != expected[k]}
         if bad or len(self.failed_ids) != len(self.failed_reasons):
             raise ValueError(f"inconsistent rows for {n} ids: {bad or 'failed ids/reasons differ in length'}")
@@ -49,14 +49,16 @@ class Rows:
 
     @staticmethod
     def concat(parts: list["Rows"]) -> "Rows":
-        if not parts:
-            return Rows()
+        full = [p for p in parts if len(p)]  # commits of failures only have no latents to stack
+        if not full:
+            return Rows(failed_ids=[i for p in parts for i in p.failed_ids],
+                        failed_reasons=[r for p in parts for r in p.failed_reasons])
         return Rows(
-            ids=[i for p in parts for i in p.ids],
-            scan_ids=[i for p in parts for i in p.scan_ids],
-            ct=np.concatenate([p.ct for p in parts]).astype(np.float32, copy=False),
-            report=np.concatenate([p.report for p in parts]).astype(np.float32, copy=False),
-            labels=np.concatenate([p.labels for p in parts]).astype(np.uint8, copy=False),
+            ids=[i for p in full for i in p.ids],
+            scan_ids=[i for p in full for i in p.scan_ids],
+            ct=np.concatenate([p.ct for p in full]).astype(np.float32, copy=False),
+            report=np.concatenate([p.report for p in full]).astype(np.float32, copy=False),
+            labels=np.concatenate([p.labels for p in full]).astype(np.uint8, copy=False),
             failed_ids=[i for p in parts for i in p.failed_ids],
             failed_reasons=[r for p in parts for r in p.failed_reasons],
         )

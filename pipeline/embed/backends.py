@@ -1,0 +1,141 @@
+"""Where embed-ct's tasks run: a Dask cluster (CPU decode workers + one model worker per GPU) or this process.
+
+Both backends give the runner the same four operations: submit a decode, submit
+a model batch whose inputs are earlier decode handles, wait for any handle, and
+read a handle's outcome. With Dask, a batch's volumes travel from the decode
+workers straight to the model worker; the calling process only ever receives
+latents (2 KiB a row), so it can stay the single writer of the cache.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import wait as wait_threads
+from typing import Any, Callable, Optional
+
+
+class ThreadBackend:
+    """In-process (``--workers 0``): one decode thread overlapping one model thread."""
+
+    def __init__(self, n_model: int = 1):
+        self.n_model = 1
+        self.dashboard = None
+        self._decode = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        self._model = ThreadPoolExecutor(1, thread_name_prefix="model")
+
+    def decode(self, fn: Callable, *args) -> Any:
+        return self._decode.submit(fn, *args)
+
+    def embed(self, fn: Callable, spec, handles: list, texts: list[str]) -> Any:
+        return self._model.submit(lambda: fn(spec, [h.result() for h in handles], texts))
+
+    def call_model(self, fn: Callable, *args) -> Any:
+        return self._model.submit(fn, *args).result()
+
+    def wait_any(self, handles, timeout: float = 1.0) -> set:
+        return set(wait_threads(list(handles), timeout=timeout, return_when=FIRST_COMPLETED).done)
+
+    @staticmethod
+    def error(handle) -> Optional[BaseException]:
+        return handle.exception()
+
+    def cancel(self, handles) -> None:
+        for h in handles:
+            h.cancel()
+
+    def close(self) -> None:
+        self._decode.shutdown(wait=True, cancel_futures=True)
+        self._model.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskBackend:
+    """Tasks go to workers by resource: ``decode=1`` (CPU) and ``model=1`` (one per GPU, or one on CPU)."""
+
+    def __init__(self, client, cluster=None):
+        self.client, self.cluster = client, cluster
+        info = client.scheduler_info()["workers"].values()
+        self.n_model = sum(1 for w in info if w.get("resources", {}).get("model"))
+        n_decode = sum(1 for w in info if w.get("resources", {}).get("decode"))
+        if not self.n_model or not n_decode:
+            raise RuntimeError(
+                f"the Dask cluster has {self.n_model} model and {n_decode} decode worker(s); embed-ct needs at least one "
+                "of each: start them with `dask worker ADDRESS --resources model=1` (one per GPU, "
+                "CUDA_VISIBLE_DEVICES set) and `dask worker ADDRESS --resources decode=1 --nthreads 1`"
+            )
+        self.dashboard = getattr(client, "dashboard_link", None)
+
+    def decode(self, fn: Callable, *args) -> Any:
+        return self.client.submit(fn, *args, resources={"decode": 1}, pure=False)
+
+    def embed(self, fn: Callable, spec, handles: list, texts: list[str]) -> Any:
+        return self.client.submit(fn, spec, handles, texts, resources={"model": 1}, pure=False)
+
+    def call_model(self, fn: Callable, *args) -> Any:
+        return self.client.submit(fn, *args, resources={"model": 1}, pure=False).result()
+
+    def wait_any(self, handles, timeout: float = 1.0) -> set:
+        from distributed import wait
+        from distributed.client import FIRST_COMPLETED as DASK_FIRST
+
+        try:
+            return set(wait(list(handles), timeout=timeout, return_when=DASK_FIRST).done)
+        except TimeoutError:
+            return set()
+
+    @staticmethod
+    def error(handle) -> Optional[BaseException]:
+        if handle.status == "finished":
+            return None
+        try:
+            return handle.exception()
+        except Exception as e:  # cancelled or lost: the exception itself is unavailable
+            return e
+
+    def cancel(self, handles) -> None:
+        if handles:
+            self.client.cancel(list(handles))
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def local_cluster(n_decode: int, n_gpus: int, model_threads: int):
+    """A SpecCluster on this machine: ``n_decode`` single-threaded decode workers and one model worker per GPU."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    workers = {
+        f"decode-{i}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"decode": 1}, "env": one_thread}}
+        for i in range(n_decode)
+    }
+    for g in range(max(n_gpus, 1)):
+        env = {"OMP_NUM_THREADS": str(model_threads)}
+        if n_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(g)
+        workers[f"model-{g}"] = {"cls": Nanny, "options": {"nthreads": 1, "resources": {"model": 1}, "env": env}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0" if _has_bokeh() else None}}
+    return SpecCluster(workers=workers, scheduler=scheduler, name="embed-ct")
+
+
+def _has_bokeh() -> bool:
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_backend(workers: int, scheduler: Optional[str], n_gpus: int, model_threads: Optional[int]):
+    if scheduler:
+        from distributed import Client
+
+        return DaskBackend(Client(scheduler))
+    if workers == 0:
+        return ThreadBackend()
+    from distributed import Client
+
+    cluster = local_cluster(workers, n_gpus, model_threads or os.cpu_count() or 1)
+    return DaskBackend(Client(cluster), cluster)

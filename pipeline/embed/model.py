@@ -1,0 +1,86 @@
+"""The frozen CT-CLIP as embed-ct uses it: loaded once per worker process, numpy in and out.
+
+A Dask worker keeps the loaded model in :data:`_LOADED`, keyed by everything that
+goes into loading it (:class:`ModelSpec`), so a worker loads it on its first task
+and reuses it for every later one; a second spec (another checkpoint) gets its
+own entry.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from schemas.embed import PROMPT_TEMPLATES
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    checkpoint: str
+    tokenizer: str
+    model: str  # config name ('official', 'tiny') or JSON path
+    device: str  # 'cpu' or 'cuda' (a worker sees only its own GPU)
+    precision: str  # 'fp32' or 'bf16'
+    threads: Optional[int] = None  # torch intra-op threads on CPU
+
+
+class LoadedModel:
+    def __init__(self, spec: ModelSpec):
+        import torch
+
+        from pipeline.ctclip.checkpoint import load_ctclip
+        from pipeline.ctclip.text import load_tokenizer
+
+        if spec.device == "cpu" and spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.spec = spec
+        self.device = torch.device(spec.device)
+        self.model = load_ctclip(spec.checkpoint, cfg=spec.model, map_location=self.device).eval()
+        self.tokenizer = load_tokenizer(spec.tokenizer)
+
+    def encode_volumes(self, volumes: list[np.ndarray]) -> np.ndarray:
+        """(1, D, H, W) float32 arrays from ``preprocess_ct`` -> (B, 512) float32 latents."""
+        import torch
+
+        x = torch.from_numpy(np.stack(volumes)).to(self.device, non_blocking=True)
+        z = self.model.encode_ct(x, precision=self.spec.precision)
+        return z.float().cpu().numpy()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts (already cleaned where they are reports) -> (B, 512) float32 latents."""
+        from pipeline.ctclip.text import tokenize
+
+        ids, mask = tokenize(self.tokenizer, texts, max_length=self.model.cfg.text.max_length)
+        z = self.model.encode_text(ids.to(self.device), mask.to(self.device))
+        return z.float().cpu().numpy()
+
+    @property
+    def temperature(self) -> float:
+        return float(self.model.temperature.detach().float().cpu())
+
+
+_LOADED: dict[ModelSpec, LoadedModel] = {}
+_LOCK = threading.Lock()
+
+
+def get_model(spec: ModelSpec) -> LoadedModel:
+    """The model for ``spec``, loaded on first use in this process."""
+    with _LOCK:
+        if spec not in _LOADED:
+            _LOADED[spec] = LoadedModel(spec)
+        return _LOADED[spec]
+
+
+def prompt_latents(spec: ModelSpec) -> tuple[float, dict[str, dict[str, np.ndarray]]]:
+    """The checkpoint's temperature and the prompt embeddings of every template set.
+
+    The first task of a run: it loads (and so validates) the checkpoint before any volume is read.
+    """
+    from pipeline.embed.cache import prompt_texts
+
+    model = get_model(spec)
+    prompts = {s: {k: model.encode_texts(v) for k, v in prompt_texts(s).items()} for s in PROMPT_TEMPLATES}
+    return model.temperature, prompts

@@ -1,0 +1,265 @@
+"""embed-ct: run the frozen CT-CLIP once over a manifest into the embedding cache.
+
+The calling process plans the work, keeps a bounded number of volumes in flight
+(decoded volumes are large: 221 MB each at the official size), groups decoded
+volumes into model batches, and is the only writer of the cache. Reports are
+cleaned, deduplicated (the reconstructions of a scan share one report; the
+manifest is walked scan by scan) and embedded in the same model task as the
+volumes that need them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from pipeline.embed.cache import CacheHeader, EmbeddingCache
+from pipeline.embed.model import ModelSpec, prompt_latents
+from pipeline.embed.shards import Rows
+from pipeline.embed.work import decode_volume, embed_batch, labels_u8, load_kwargs_of
+from schemas.embed import EmbedConfig, EmbedIdentity
+from schemas.manifest import ManifestRow, manifest_sha256, read_manifest
+from schemas.provenance import Provenance
+
+
+class EmbedError(ValueError):
+    """A problem with the run's inputs found before any work (checkpoint, tokenizer, config)."""
+
+
+class TooManyFailures(RuntimeError):
+    pass
+
+
+@dataclass
+class EmbedSummary:
+    out: Path
+    total: int  # manifest rows
+    already_done: int
+    embedded: int
+    failures: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+    load_s: list[float] = field(default_factory=list)  # per volume
+    preprocess_s: list[float] = field(default_factory=list)
+    model_ct_s: float = 0.0  # summed over batches
+    model_text_s: float = 0.0
+    texts_embedded: int = 0
+    stopped_early: bool = False
+    dashboard: Optional[str] = None
+
+
+def make_identity(cfg: EmbedConfig) -> EmbedIdentity:
+    from pipeline.ctclip.checkpoint import file_sha256
+    from pipeline.ctclip.config import get_config
+
+    if not cfg.checkpoint.is_file():
+        raise EmbedError(f"checkpoint {cfg.checkpoint} does not exist; give the path of CT-CLIP_v2.pt (or a tiny test checkpoint)")
+    vocab = cfg.tokenizer / "vocab.txt"
+    if not vocab.is_file():
+        raise EmbedError(f"tokenizer folder {cfg.tokenizer} has no vocab.txt; give the folder of the CXR-BERT vocabulary")
+    try:
+        model_cfg = get_config(cfg.model)
+    except ValueError as e:
+        raise EmbedError(str(e)) from None
+    return EmbedIdentity(
+        checkpoint_sha256=file_sha256(cfg.checkpoint), tokenizer_sha256=file_sha256(vocab),
+        model_config_json=model_cfg.model_dump(mode="json"), ct_load=cfg.ct.model_dump(mode="json"),
+        precision=cfg.precision,
+    )
+
+
+def resolve_device(device: str) -> tuple[str, int]:
+    """('cpu'|'cuda', number of GPUs to use)."""
+    import torch
+
+    n = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    if device == "cuda" and n == 0:
+        raise EmbedError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+    return ("cuda", n) if n else ("cpu", 0)
+
+
+def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
+    """Rows grouped by scan (first appearance order), so a scan's reconstructions meet in one batch."""
+    first: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        first.setdefault(r.scan_id, i)
+    return sorted(rows, key=lambda r: first[r.scan_id])
+
+
+def run_embed(cfg: EmbedConfig, on_commit: Optional[Callable[[int], None]] = None) -> EmbedSummary:
+    """Embed every manifest row not yet in ``cfg.out``; see the README section on embed-ct."""
+    from pipeline.ctclip.text import report_text
+    from pipeline.embed.backends import make_backend
+
+    t_start = time.perf_counter()
+    rows = read_manifest(cfg.manifest)
+    m_sha = manifest_sha256(cfg.manifest)
+    device, n_gpus = resolve_device(cfg.device)
+    identity = make_identity(cfg)
+    spec = ModelSpec(checkpoint=str(cfg.checkpoint.resolve()), tokenizer=str(cfg.tokenizer.resolve()), model=cfg.model,
+                     device=device, precision=cfg.precision,
+                     threads=cfg.model_threads)
+    with EmbeddingCache.open(cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha) as cache:
+        cache.merge_fraction, cache.merge_min_rows = cfg.merge_fraction, cfg.merge_min_rows
+        done = cache.done_ids()
+        todo = [r for r in scan_order(rows) if r.volume_id not in done]
+        summary = EmbedSummary(out=cfg.out, total=len(rows), already_done=len(rows) - len(todo), embedded=0)
+        backend = make_backend(cfg.workers, cfg.scheduler, n_gpus, cfg.model_threads)
+        try:
+            summary.dashboard = backend.dashboard
+            # Loads the checkpoint on the model worker first: a wrong one is refused before any volume is read.
+            temperature, prompts = backend.call_model(prompt_latents, spec)
+            if not cache.exists:
+                prov = Provenance(stage="embed-ct", software_version=_version(), config=cfg.model_dump(mode="json"),
+                                  config_sha256=identity.sha256(), manifest_sha256=m_sha,
+                                  checkpoint_sha256=identity.checkpoint_sha256)
+                cache.create(CacheHeader(identity=identity, provenance=prov, temperature=temperature, prompts=prompts))
+            if todo:
+                _Runner(cfg, backend, cache, spec, summary, report_text, on_commit, Path(cfg.manifest).parent).run(todo)
+        finally:
+            backend.close()
+    summary.wall_s = time.perf_counter() - t_start
+    if summary.stopped_early:
+        raise TooManyFailures(
+            f"stopped after {len(summary.failures)} failures (--max-failures {cfg.max_failures}); "
+            f"{summary.embedded} rows were committed to {cfg.out}. First: {next(iter(summary.failures.items()))}"
+        )
+    return summary
+
+
+def _version() -> str:
+    from pipeline._version import __version__
+
+    return __version__
+
+
+class _Runner:
+    """The scheduling loop: keep decodes and model batches in flight, commit finished rows in order of completion."""
+
+    def __init__(self, cfg, backend, cache, spec, summary, report_text, on_commit, manifest_dir):
+        self.cfg, self.backend, self.cache, self.spec, self.summary = cfg, backend, cache, spec, summary
+        self.on_commit, self.manifest_dir = on_commit, manifest_dir
+        self._report_text = report_text
+        per_batch = cfg.batch_size * backend.n_model
+        self.prefetch = cfg.prefetch or 2 * per_batch + max(cfg.workers, 1)
+        self.max_batches = 2 * backend.n_model  # one running and one queued per model worker
+        self.decoding: dict = {}  # handle -> row
+        self.ready: list = []  # (row, handle) decoded, waiting for a batch
+        self.batches: dict = {}  # handle -> (rows, decode handles)
+        self.text_latents: dict[str, np.ndarray] = {}
+        self.buffer: list[Rows] = []
+        self.buffered = 0
+        self.bar = None
+
+    def run(self, todo: list[ManifestRow]) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(todo), desc="embed-ct", unit="vol", disable=not self.cfg.progress, dynamic_ncols=True)
+        queue = list(reversed(todo))
+        try:
+            while queue or self.decoding or self.ready or self.batches:
+                if self.summary.stopped_early:
+                    break
+                self._top_up(queue)
+                self._submit_batches(final=not queue and not self.decoding)
+                for h in self.backend.wait_any(list(self.decoding) + list(self.batches), timeout=0.5):
+                    self._finished(h)
+        finally:
+            if self.summary.stopped_early:
+                self.backend.cancel(list(self.decoding) + list(self.batches))
+            self._commit(force=True)
+            self.bar.close()
+
+    def text(self, row: ManifestRow) -> str:
+        """The report as the official loader feeds it to the text encoder (findings + impressions, cleaned)."""
+        return self._report_text(row.findings, row.impressions)
+
+    # ---- submitting ------------------------------------------------------------------------------------------------
+    def _in_flight(self) -> int:
+        return len(self.decoding) + len(self.ready) + sum(len(r) for r, _ in self.batches.values())
+
+    def _top_up(self, queue: list[ManifestRow]) -> None:
+        while queue and self._in_flight() < self.prefetch:
+            row = queue.pop()
+            if not self.text(row).strip():
+                self._fail(row.volume_id, "empty report (no findings or impressions in the manifest)")
+                continue
+            path, kwargs = load_kwargs_of(row, self.manifest_dir)
+            h = self.backend.decode(decode_volume, row.volume_id, path, kwargs, self.cfg.ct.model_dump(), self.cfg.model)
+            self.decoding[h] = row
+
+    def _submit_batches(self, final: bool) -> None:
+        while self.ready and len(self.batches) < self.max_batches and (len(self.ready) >= self.cfg.batch_size or final):
+            chunk, self.ready = self.ready[: self.cfg.batch_size], self.ready[self.cfg.batch_size:]
+            rows = [r for r, _ in chunk]
+            texts = list(dict.fromkeys(t for t in (self.text(r) for r in rows) if t not in self.text_latents))
+            h = self.backend.embed(embed_batch, self.spec, [d for _, d in chunk], texts)
+            self.batches[h] = (rows, [d for _, d in chunk])
+
+    # ---- results ---------------------------------------------------------------------------------------------------
+    def _finished(self, h) -> None:
+        if h in self.decoding:
+            row = self.decoding.pop(h)
+            err = self.backend.error(h)
+            if err is None:
+                self.ready.append((row, h))
+            else:
+                self._fail(row.volume_id, _reason(err))
+            return
+        rows, _ = self.batches.pop(h)  # dropping the decode handles lets Dask free the volumes
+        err = self.backend.error(h)
+        if err is not None:
+            for r in rows:
+                self._fail(r.volume_id, f"model task failed: {_reason(err)}")
+            return
+        result = h.result()
+        self.text_latents.update(result.texts)
+        self.summary.model_ct_s += result.ct_s
+        self.summary.model_text_s += result.text_s
+        self.summary.texts_embedded += len(result.texts)
+        for load_s, pre_s in result.timings.values():
+            self.summary.load_s.append(load_s)
+            self.summary.preprocess_s.append(pre_s)
+        ok = [r for r in rows if r.volume_id in result.ct]
+        for r in rows:
+            if r.volume_id in result.errors:
+                self._fail(r.volume_id, result.errors[r.volume_id])
+        if ok:
+            self.buffer.append(Rows(
+                ids=[r.volume_id for r in ok], scan_ids=[r.scan_id for r in ok],
+                ct=np.stack([result.ct[r.volume_id] for r in ok]).astype(np.float32),
+                report=np.stack([self.text_latents[self.text(r)] for r in ok]).astype(np.float32),
+                labels=np.stack([labels_u8(r.labels) for r in ok]),
+            ))
+            self.buffered += len(ok)
+            self.summary.embedded += len(ok)
+            self.bar.update(len(ok))
+        self._commit()
+
+    def _fail(self, volume_id: str, reason: str) -> None:
+        reason = " ".join(reason.split())[:2000]
+        self.summary.failures[volume_id] = reason
+        self.buffer.append(Rows(failed_ids=[volume_id], failed_reasons=[reason]))
+        self.bar.update(1)
+        self.bar.write(f"failed {volume_id}: {reason[:300]}")
+        if self.cfg.max_failures is not None and len(self.summary.failures) > self.cfg.max_failures:
+            self.summary.stopped_early = True
+
+    def _commit(self, force: bool = False) -> None:
+        if not self.buffer or (self.buffered < self.cfg.commit_every and not force):
+            return
+        self.cache.commit(Rows.concat(self.buffer))
+        self.buffer, self.buffered = [], 0
+        if self.on_commit is not None:
+            self.on_commit(self.summary.embedded)
+
+
+def _reason(err: BaseException) -> str:
+    from pipeline.embed.work import ItemFailed
+
+    if isinstance(err, ItemFailed):
+        return str(err)
+    return f"{type(err).__name__}: {err}"

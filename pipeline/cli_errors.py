@@ -11,10 +11,12 @@ import typer
 def expected_errors() -> tuple[type[BaseException], ...]:
     from pipeline.config_file import ConfigError
     from pipeline.ct_io import CTLoadError
+    from pipeline.ctclip.checkpoint import CheckpointError
+    from pipeline.ctclip.text import TokenizerError
     from pipeline.manifests.tables import TableError
     from schemas.manifest import ManifestError
 
-    return (ConfigError, ManifestError, TableError, CTLoadError, FileNotFoundError)
+    return (ConfigError, ManifestError, TableError, CTLoadError, CheckpointError, TokenizerError, FileNotFoundError)
 
 
 def friendly_errors(fn):

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from pipeline._version import __version__
+from pipeline.ctclip.cli import ctclip_app
 from pipeline.embed.cli import embed_ct
 from pipeline.manifests.cli import manifest_app
 
@@ -40,6 +41,7 @@ def _root(
 
 
 app.add_typer(manifest_app, name="manifest")
+app.add_typer(ctclip_app, name="ctclip")
 app.command("embed-ct")(embed_ct)
 
 

@@ -18,8 +18,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from pipeline.manifests.tables import TableError
     from schemas.manifest import ManifestError
 
-    return (ConfigError, ManifestError, TableError, CTLoadError, FileNotFoundError, CacheMismatchError, CacheBusyError,
-            EmbedError, TooManyFailures, CheckpointError, TokenizerError)
+    return (ConfigError, ManifestError, TableError, CTLoadError, CheckpointError, TokenizerError, FileNotFoundError,
+            CacheMismatchError, CacheBusyError, EmbedError, TooManyFailures)
 
 
 def friendly_errors(fn):

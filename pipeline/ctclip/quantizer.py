@@ -1,0 +1,77 @@
+"""The frozen cosine-similarity vector quantiser of CTViT (``vq._codebook.*`` in the state dict).
+
+Each token is replaced by the stored codebook row whose *normalised* version has
+the highest cosine similarity with it (the official vector-quantize-pytorch
+1.1.2 ``CosineSimCodebook`` in eval mode). There is no update rule here at all,
+so the codebook cannot change, whatever ``.train()`` says.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Tokens scored per matmul: bounds the (chunk x codebook_size) score matrix
+# (2048 x 8192 fp32 = 64 MiB) instead of the official 13,824-row one (432 MiB).
+CHUNK = 2048
+# The bf16 search keeps every code whose bf16 score is within this of the best
+# bf16 score, then rescores those in fp32. A bf16 cosine of unit vectors is off
+# by at most 2^-7 (inputs rounded to 8 significant bits; Cauchy-Schwarz) plus
+# 2^-8 (output rounding), so the true best code always survives a window of
+# twice that sum.
+BF16_WINDOW = 2 * (2.0**-7 + 2.0**-8)
+BF16_CANDIDATES = 32
+
+
+class _Codebook(nn.Module):
+    def __init__(self, dim: int, codebook_size: int):
+        super().__init__()
+        self.register_buffer("initted", torch.ones(1))
+        self.register_buffer("cluster_size", torch.zeros(1, codebook_size))
+        self.register_buffer("embed", F.normalize(torch.rand(1, codebook_size, dim) * 2 - 1, dim=-1))
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, dim: int, codebook_size: int):
+        super().__init__()
+        self._codebook = _Codebook(dim, codebook_size)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The stored rows (codebook_size, dim), as returned for each token."""
+        return self._codebook.embed[0]
+
+    def forward(self, tokens: torch.Tensor, fast_bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (..., dim) -> (codebook rows (..., dim) float32, indices (...) int64).
+
+        ``fast_bf16`` finds candidates with a bf16 matmul and picks among them in
+        fp32 (exact up to fp32 rounding, see BF16_WINDOW); the default scores all
+        codes in fp32 like the official code.
+        """
+        shape = tokens.shape
+        flat = tokens.reshape(-1, shape[-1])
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            codes = F.normalize(self.codebook.float(), dim=-1)
+            search = self._search_bf16 if fast_bf16 else self._search_fp32
+            indices = torch.cat([search(F.normalize(chunk.float(), dim=-1), codes)
+                                 for chunk in flat.split(CHUNK)])
+        rows = self.codebook.float()[indices]
+        return rows.reshape(shape), indices.reshape(shape[:-1])
+
+    @staticmethod
+    def _search_fp32(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return (x @ codes.T).argmax(dim=-1)
+
+    @staticmethod
+    def _search_bf16(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        approx = (x.bfloat16() @ codes.bfloat16().T).float()
+        k = min(BF16_CANDIDATES, codes.shape[0])
+        top, cand = approx.topk(k, dim=-1)
+        exact = torch.einsum("nd,nkd->nk", x, codes[cand])
+        best = cand.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
+        # Tokens with more near-best codes than candidates: score them fully in fp32.
+        crowded = top[:, -1] >= top[:, 0] - BF16_WINDOW
+        if crowded.any():
+            best[crowded] = (x[crowded] @ codes.T).argmax(dim=-1)
+        return best

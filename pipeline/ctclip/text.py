@@ -1,0 +1,63 @@
+"""Report text for CT-CLIP: the official loader's cleaning, and the CXR-BERT tokenizer from a local folder."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+NOT_GIVEN = "Not given."
+# Characters the official inference loader deletes from the report text.
+STRIPPED_CHARS = "\"'()"
+
+
+class TokenizerError(ValueError):
+    """The tokenizer folder is unusable; the message names it and the fix."""
+
+
+def _part(text: Optional[str]) -> str:
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return ""  # the official loader would write str(NaN) = 'nan'; an absent section is empty here
+    return "" if str(text) == NOT_GIVEN else str(text)
+
+
+def report_text(findings: Optional[str], impressions: Optional[str]) -> str:
+    """Findings then impressions as the official loader joins them: no separator, 'Not given.' dropped, cleaned."""
+    return clean_report(_part(findings) + _part(impressions))
+
+
+def clean_report(text: str) -> str:
+    """Delete double quotes, single quotes and parentheses (official ``__getitem__``); nothing else changes."""
+    return text.translate(str.maketrans("", "", STRIPPED_CHARS))
+
+
+def load_tokenizer(folder: Union[str, Path]):
+    """CXR-BERT's WordPiece tokenizer (lower-case) from a local folder holding ``vocab.txt``; no hub access."""
+    from transformers import BertTokenizer
+
+    folder = Path(folder)
+    vocab = folder / "vocab.txt"
+    if not vocab.is_file():
+        raise TokenizerError(
+            f"{folder}: no vocab.txt in the tokenizer folder; download microsoft/BiomedVLP-CXR-BERT-specialized's "
+            "tokenizer files (vocab.txt at least) into it"
+        )
+    try:
+        return BertTokenizer(vocab=str(vocab), do_lower_case=True)
+    except Exception as e:
+        raise TokenizerError(f"{vocab}: unreadable vocabulary ({e}); expected one WordPiece token a line") from e
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int = 512, pad_to_max_length: bool = False):
+    """(input_ids, attention_mask), each LongTensor (B, L), truncated at ``max_length`` tokens.
+
+    The official code pads every text to 512 tokens. Padding only to the longest
+    text in the batch gives the same CLS output (padding is masked out of BERT's
+    attention) for far less work, so it is the default; ``pad_to_max_length``
+    reproduces the official tensors exactly.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    enc = tokenizer(list(texts), return_tensors="pt", truncation=True, max_length=max_length,
+                    padding="max_length" if pad_to_max_length else "longest")
+    return enc["input_ids"], enc["attention_mask"]

@@ -9,6 +9,7 @@ latents (2 KiB a row), so it can stay the single writer of the cache.
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_threads
@@ -63,7 +64,7 @@ class DaskBackend:
                 "of each: start them with `dask worker ADDRESS --resources model=1` (one per GPU, "
                 "CUDA_VISIBLE_DEVICES set) and `dask worker ADDRESS --resources decode=1 --nthreads 1`"
             )
-        self.dashboard = getattr(client, "dashboard_link", None)
+        self.dashboard = getattr(client, "dashboard_link", None) if _has_bokeh() else None
 
     def decode(self, fn: Callable, *args) -> Any:
         return self.client.submit(fn, *args, resources={"decode": 1}, pure=False)
@@ -117,7 +118,7 @@ def local_cluster(n_decode: int, n_gpus: int, model_threads: int):
             env["CUDA_VISIBLE_DEVICES"] = str(g)
         workers[f"model-{g}"] = {"cls": Nanny, "options": {"nthreads": 1, "resources": {"model": 1}, "env": env}}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0" if _has_bokeh() else None}}
-    return SpecCluster(workers=workers, scheduler=scheduler, name="embed-ct")
+    return SpecCluster(workers=workers, scheduler=scheduler, name="embed-ct", silence_logs=logging.WARNING)
 
 
 def _has_bokeh() -> bool:

@@ -148,8 +148,12 @@ class _Runner:
         self.max_batches = 2 * backend.n_model  # one running and one queued per model worker
         self.decoding: dict = {}  # handle -> row
         self.ready: list = []  # (row, handle) decoded, waiting for a batch
-        self.batches: dict = {}  # handle -> (rows, decode handles)
+        self.batches: dict = {}  # handle -> (rows, texts it embeds)
         self.text_latents: dict[str, np.ndarray] = {}
+        self.texts_in_flight: set[str] = set()  # carried by a running model task
+        self.texts_retried: set[str] = set()
+        self.text_errors: dict[str, str] = {}
+        self.waiting: list = []  # (row, CT latent) whose report latent another running task computes
         self.buffer: list[Rows] = []
         self.buffered = 0
         self.bar = None
@@ -194,10 +198,15 @@ class _Runner:
     def _submit_batches(self, final: bool) -> None:
         while self.ready and len(self.batches) < self.max_batches and (len(self.ready) >= self.cfg.batch_size or final):
             chunk, self.ready = self.ready[: self.cfg.batch_size], self.ready[self.cfg.batch_size:]
-            rows = [r for r, _ in chunk]
-            texts = list(dict.fromkeys(t for t in (self.text(r) for r in rows) if t not in self.text_latents))
-            h = self.backend.embed(embed_batch, self.spec, [d for _, d in chunk], texts)
-            self.batches[h] = (rows, [d for _, d in chunk])
+            self._submit([r for r, _ in chunk], [d for _, d in chunk])
+
+    def _submit(self, rows: list[ManifestRow], decoded: list) -> None:
+        """One model task; it carries the texts no finished or running task embeds (each text embedded once)."""
+        texts = [t for t in dict.fromkeys(self.text(r) for r in rows)
+                 if t not in self.text_latents and t not in self.texts_in_flight]
+        h = self.backend.embed(embed_batch, self.spec, decoded, texts)
+        self.batches[h] = (rows, texts)
+        self.texts_in_flight.update(texts)
 
     # ---- results ---------------------------------------------------------------------------------------------------
     def _finished(self, h) -> None:
@@ -209,35 +218,72 @@ class _Runner:
             else:
                 self._fail(row.volume_id, _reason(err))
             return
-        rows, _ = self.batches.pop(h)  # dropping the decode handles lets Dask free the volumes
+        rows, texts = self.batches.pop(h)  # dropping the decode handles lets Dask free the volumes
+        self.texts_in_flight.difference_update(texts)
         err = self.backend.error(h)
         if err is not None:
             for r in rows:
                 self._fail(r.volume_id, f"model task failed: {_reason(err)}")
+            self._texts_lost(texts, _reason(err))
             return
         result = h.result()
+        self._record_timings(result)
         self.text_latents.update(result.texts)
+        for r in rows:
+            if r.volume_id in result.errors:
+                self._fail(r.volume_id, result.errors[r.volume_id])
+            elif r.volume_id in result.ct:
+                self.waiting.append((r, result.ct[r.volume_id]))
+        self._complete_waiting()
+        self._sweep()
+        self._commit()
+
+    def _record_timings(self, result) -> None:
         self.summary.model_ct_s += result.ct_s
         self.summary.model_text_s += result.text_s
         self.summary.texts_embedded += len(result.texts)
         for load_s, pre_s in result.timings.values():
             self.summary.load_s.append(load_s)
             self.summary.preprocess_s.append(pre_s)
-        ok = [r for r in rows if r.volume_id in result.ct]
-        for r in rows:
-            if r.volume_id in result.errors:
-                self._fail(r.volume_id, result.errors[r.volume_id])
-        if ok:
-            self.buffer.append(Rows(
-                ids=[r.volume_id for r in ok], scan_ids=[r.scan_id for r in ok],
-                ct=np.stack([result.ct[r.volume_id] for r in ok]).astype(np.float32),
-                report=np.stack([self.text_latents[self.text(r)] for r in ok]).astype(np.float32),
-                labels=np.stack([labels_u8(r.labels) for r in ok]),
-            ))
-            self.buffered += len(ok)
-            self.summary.embedded += len(ok)
-            self.bar.update(len(ok))
-        self._commit()
+
+    def _complete_waiting(self) -> None:
+        """Rows whose CT latent is back and whose report latent is now known become committed rows."""
+        done = [(r, z) for r, z in self.waiting if self.text(r) in self.text_latents]
+        if not done:
+            return
+        self.waiting = [(r, z) for r, z in self.waiting if self.text(r) not in self.text_latents]
+        self.buffer.append(Rows(
+            ids=[r.volume_id for r, _ in done], scan_ids=[r.scan_id for r, _ in done],
+            ct=np.stack([z for _, z in done]).astype(np.float32),
+            report=np.stack([self.text_latents[self.text(r)] for r, _ in done]).astype(np.float32),
+            labels=np.stack([labels_u8(r.labels) for r, _ in done]),
+        ))
+        self.buffered += len(done)
+        self.summary.embedded += len(done)
+        self.bar.update(len(done))
+
+    def _texts_lost(self, texts: list[str], reason: str) -> None:
+        """A failed task's texts: embed them once more (a text-only task) if other rows need them."""
+        for t in texts:
+            self.text_errors[t] = reason
+        needed = {self.text(r) for r, _ in self.waiting} | {self.text(r) for rows, _ in self.batches.values() for r in rows}
+        retry = [t for t in texts if t in needed and t not in self.texts_retried]
+        if retry:
+            self.texts_retried.update(retry)
+            h = self.backend.embed(embed_batch, self.spec, [], retry)
+            self.batches[h] = ([], retry)
+            self.texts_in_flight.update(retry)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Fail the waiting rows whose report latent nothing will deliver any more."""
+        def stuck(r):
+            t = self.text(r)
+            return t not in self.text_latents and t not in self.texts_in_flight
+        for r, _ in self.waiting:
+            if stuck(r):
+                self._fail(r.volume_id, f"report embedding failed: {self.text_errors.get(self.text(r), 'unknown')}")
+        self.waiting = [(r, z) for r, z in self.waiting if not stuck(r)]
 
     def _fail(self, volume_id: str, reason: str) -> None:
         reason = " ".join(reason.split())[:2000]

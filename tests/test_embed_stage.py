@@ -1,0 +1,181 @@
+"""embed-ct end to end on tiny synthetic data with a random-weight tiny CT-CLIP, checked against direct model calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipeline.ct_io import load_ct
+from pipeline.ctclip.checkpoint import CheckpointError, load_ctclip
+from pipeline.ctclip.preprocess import preprocess_ct
+from pipeline.ctclip.text import load_tokenizer, report_text, tokenize
+from pipeline.embed.cache import CacheMismatchError, prompt_texts
+from pipeline.embed.reader import load_embeddings
+from pipeline.embed.stage import TooManyFailures, run_embed
+from schemas.embed import LABEL_MISSING, PROMPT_TEMPLATES, EmbedConfig
+from tests.embed_data import build_inputs, write_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = {"valid_4_a_1": "truncated", "valid_5_a_1": "empty report", "valid_5_a_2": "empty report"}
+
+
+def config(inp, out: Path, **kw) -> EmbedConfig:
+    base = dict(manifest=inp.manifest, checkpoint=inp.checkpoint, tokenizer=inp.tokenizer, out=out, model="tiny",
+                workers=0, progress=False)
+    return EmbedConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return build_inputs(tmp_path_factory.mktemp("embed"), n_scans=4, recons=2, bad=True)
+
+
+@pytest.fixture(scope="module")
+def reference(inputs):
+    """One uninterrupted in-process run; other tests compare their rows with it."""
+    out = inputs.root / "reference.h5"
+    summary = run_embed(config(inputs, out))
+    return summary, load_embeddings(out)
+
+
+def assert_same_rows(a, b) -> None:
+    assert sorted(a.ids) == sorted(b.ids)
+    ia, ib = a.index(), b.index()
+    order_a, order_b = [ia[v] for v in sorted(a.ids)], [ib[v] for v in sorted(b.ids)]
+    np.testing.assert_allclose(a.ct[order_a], b.ct[order_b], atol=1e-5)
+    np.testing.assert_allclose(a.report[order_a], b.report[order_b], atol=1e-5)
+    np.testing.assert_array_equal(a.labels[order_a], b.labels[order_b])
+
+
+def test_rows_equal_direct_model_calls_and_failures_are_recorded(inputs, reference):
+    summary, emb = reference
+    good = [r for r in inputs.rows if r.volume_id not in BAD]
+    assert sorted(emb.ids) == sorted(r.volume_id for r in good) and summary.embedded == len(good)
+    assert set(emb.failures) == set(BAD)
+    assert "truncated" in emb.failures["valid_4_a_1"] and "empty report" in emb.failures["valid_5_a_1"]
+    assert summary.texts_embedded == 4  # 5 scans with text, scans 0 and 4 share a report: each text embedded once
+    model, tok = load_ctclip(inputs.checkpoint, "tiny"), load_tokenizer(inputs.tokenizer)
+    idx = emb.index()
+    for row in good:
+        x = preprocess_ct(load_ct(inputs.root / row.ct_path), model.cfg)[None]
+        ids, mask = tokenize(tok, [report_text(row.findings, row.impressions)], max_length=64)
+        i = idx[row.volume_id]
+        np.testing.assert_allclose(emb.ct[i], model.encode_ct(x)[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(emb.report[i], model.encode_text(ids, mask)[0].numpy(), atol=1e-5)
+        assert emb.scan_ids[i] == row.scan_id
+        np.testing.assert_array_equal(emb.labels[i], [LABEL_MISSING if v is None else v for v in row.labels])
+    assert np.allclose(np.linalg.norm(emb.ct, axis=1), 1.0, atol=1e-5)
+    assert emb.temperature == pytest.approx(float(np.log(1 / 0.07)), rel=1e-6)
+
+
+def test_prompt_embeddings_equal_encode_text_of_their_templates(inputs, reference):
+    _, emb = reference
+    model, tok = load_ctclip(inputs.checkpoint, "tiny"), load_tokenizer(inputs.tokenizer)
+    for s, (pos, _) in PROMPT_TEMPLATES.items():
+        for kind, texts in prompt_texts(s).items():
+            ids, mask = tokenize(tok, texts, max_length=64)
+            np.testing.assert_allclose(emb.prompts[s][kind], model.encode_text(ids, mask).numpy(), atol=1e-5)
+    assert prompt_texts("x2ct_clip")["positive"][9] == "There is Lung nodule."
+    assert prompt_texts("ct_clip")["negative"][12] == "Pleural effusion is not present."
+
+
+def test_file_attributes_record_how_it_was_made(inputs, reference):
+    from pipeline.ctclip.checkpoint import file_sha256
+    from schemas.manifest import manifest_sha256
+
+    with h5py.File(inputs.root / "reference.h5", "r") as f:
+        assert f.attrs["checkpoint_sha256"] == file_sha256(inputs.checkpoint)
+        assert f.attrs["manifest_sha256"] == manifest_sha256(inputs.manifest)
+        pre = json.loads(f.attrs["preprocessing"])
+        assert pre["model_config"]["preprocess"]["spacing_mm"] == [6.0, 6.0, 12.0] and pre["ct_load"]["hu_policy"] == "header"
+        prov = json.loads(f.attrs["provenance"])
+        assert prov["stage"] == "embed-ct" and prov["config"]["model"] == "tiny" and f.attrs["software_version"]
+        assert f["ct"].shape == (9, 32) and f["labels"].shape == (9, 18)
+
+
+def test_rerun_embeds_only_what_is_missing_and_another_checkpoint_is_refused(inputs, reference, tmp_path):
+    out = inputs.root / "reference.h5"
+    before = out.read_bytes()
+    again = run_embed(config(inputs, out))
+    assert again.already_done == 9 and again.embedded == 0 and set(again.failures) == set(BAD)  # failures retried
+    other = write_checkpoint(tmp_path / "other.pt", seed=1)
+    with pytest.raises(CacheMismatchError, match="checkpoint_sha256.*--overwrite"):
+        run_embed(config(inputs, out, checkpoint=other))
+    assert load_embeddings(out).ids == load_embeddings(inputs.root / "reference.h5").ids
+    bad_ckpt = tmp_path / "truncated.pt"
+    bad_ckpt.write_bytes(inputs.checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        run_embed(config(inputs, tmp_path / "new.h5", checkpoint=bad_ckpt))
+    assert not (tmp_path / "new.h5").exists()
+    assert len(before) > 0
+
+
+def test_max_failures_stops_the_run_and_keeps_what_was_done(inputs, tmp_path):
+    out = tmp_path / "emb.h5"
+    with pytest.raises(TooManyFailures, match="max-failures 1"):
+        run_embed(config(inputs, out, max_failures=1, batch_size=1))
+    emb = load_embeddings(out)
+    assert len(emb.failures) >= 2 and not set(emb.ids) & set(BAD)
+
+
+KILL_AFTER_COMMITS = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    from schemas.embed import EmbedConfig
+    from pipeline.embed.stage import run_embed
+    cfg = EmbedConfig.model_validate_json({cfg!r})
+    commits = []
+    def on_commit(n):
+        commits.append(n)
+        if len(commits) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+    run_embed(cfg, on_commit=on_commit)
+""")
+
+
+def test_resume_after_sigkill_gives_the_rows_of_an_uninterrupted_run(inputs, reference, tmp_path):
+    out = tmp_path / "emb.h5"
+    # 2 rows a commit; the 2nd commit is merged into the HDF5 file (4 >= 3 pending rows), the 3rd stays a shard.
+    cfg = config(inputs, out, batch_size=1, commit_every=2, merge_min_rows=3)
+    script = KILL_AFTER_COMMITS.format(root=str(ROOT), cfg=cfg.model_dump_json())
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    with h5py.File(out, "r") as f:  # readable as the kill left it
+        in_file = set(f["ids"].asstr()[:])
+    assert len(in_file) >= 4
+    resumed = run_embed(cfg)
+    assert resumed.already_done >= 6 and resumed.embedded == 9 - resumed.already_done
+    assert_same_rows(load_embeddings(out), reference[1])
+    assert not [p for p in os.listdir(tmp_path / "emb.h5.parts")]
+
+
+def test_dask_cluster_gives_the_same_rows(inputs, reference, tmp_path):
+    out = tmp_path / "emb.h5"
+    summary = run_embed(config(inputs, out, workers=1, batch_size=2, model_threads=1))
+    assert summary.embedded == 9 and set(summary.failures) == set(BAD)
+    assert_same_rows(load_embeddings(out), reference[1])
+
+
+def test_cli(inputs, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    args = ["embed-ct", "--manifest", str(inputs.manifest), "--checkpoint", str(inputs.checkpoint), "--tokenizer",
+            str(inputs.tokenizer), "--out", str(tmp_path / "e.h5"), "--model", "tiny", "--workers", "0", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "9 embedded, 0 already there, 3 failed of 12" in result.output
+    other = write_checkpoint(tmp_path / "other.pt", seed=2)
+    result = CliRunner().invoke(app, args[:4] + [str(other)] + args[5:])
+    assert result.exit_code == 2 and "another checkpoint" in result.output

@@ -14,7 +14,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from pipeline.ctclip.checkpoint import CheckpointError
     from pipeline.ctclip.text import TokenizerError
     from pipeline.embed.cache import CacheBusyError, CacheMismatchError
-    from pipeline.embed.stage import EmbedError, TooManyFailures
+    from pipeline.embed.errors import EmbedError, TooManyFailures
     from pipeline.manifests.tables import TableError
     from schemas.manifest import ManifestError
 

@@ -27,14 +27,14 @@ def write_vocab(folder: Path) -> Path:
     return folder
 
 
-def write_checkpoint(path: Path, seed: int) -> Path:
+def write_checkpoint(path: Path, seed: int, config: str = "tiny") -> Path:
     import torch
 
     from pipeline.ctclip.checkpoint import save_ctclip
     from pipeline.ctclip.model import CTCLIP
 
     torch.manual_seed(seed)
-    model = CTCLIP("tiny")
+    model = CTCLIP(config)
     with torch.no_grad():
         model.temperature.fill_(float(np.log(1 / 0.07)))
     save_ctclip(model, path)

@@ -194,3 +194,4 @@ def test_damaged_shard_is_set_aside_and_its_rows_redone(tmp_path):
     assert cache.done_ids() == {"valid_0_a_1", "valid_1_a_1"}
     cache.close()
     assert (files[1].parent / (files[1].name + ".bad")).exists()
+

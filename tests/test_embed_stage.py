@@ -21,7 +21,8 @@ from pipeline.ctclip.preprocess import preprocess_ct
 from pipeline.ctclip.text import load_tokenizer, report_text, tokenize
 from pipeline.embed.cache import CacheMismatchError, prompt_texts
 from pipeline.embed.reader import load_embeddings
-from pipeline.embed.stage import TooManyFailures, run_embed
+from pipeline.embed.errors import TooManyFailures
+from pipeline.embed.stage import run_embed
 from schemas.embed import LABEL_MISSING, PROMPT_TEMPLATES, EmbedConfig
 from tests.embed_data import build_inputs, write_checkpoint
 
@@ -179,3 +180,12 @@ def test_cli(inputs, tmp_path):
     other = write_checkpoint(tmp_path / "other.pt", seed=2)
     result = CliRunner().invoke(app, args[:4] + [str(other)] + args[5:])
     assert result.exit_code == 2 and "another checkpoint" in result.output
+
+
+def test_a_cluster_without_model_or_decode_workers_is_refused():
+    from pipeline.embed.backends import count_workers
+    from pipeline.embed.errors import EmbedError
+
+    assert count_workers([{"resources": {"model": 1}}, {"resources": {"model": 1}}, {"resources": {"decode": 1}}]) == 2
+    with pytest.raises(EmbedError, match="0 model and 1 decode.*--resources model=1"):
+        count_workers([{"resources": {"decode": 1}}, {"resources": {}}])

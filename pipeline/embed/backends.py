@@ -55,15 +55,11 @@ class DaskBackend:
 
     def __init__(self, client, cluster=None):
         self.client, self.cluster = client, cluster
-        info = client.scheduler_info()["workers"].values()
-        self.n_model = sum(1 for w in info if w.get("resources", {}).get("model"))
-        n_decode = sum(1 for w in info if w.get("resources", {}).get("decode"))
-        if not self.n_model or not n_decode:
-            raise RuntimeError(
-                f"the Dask cluster has {self.n_model} model and {n_decode} decode worker(s); embed-ct needs at least one "
-                "of each: start them with `dask worker ADDRESS --resources model=1` (one per GPU, "
-                "CUDA_VISIBLE_DEVICES set) and `dask worker ADDRESS --resources decode=1 --nthreads 1`"
-            )
+        try:
+            self.n_model = count_workers(client.scheduler_info()["workers"].values())
+        except Exception:
+            client.close()
+            raise
         self.dashboard = getattr(client, "dashboard_link", None) if _has_bokeh() else None
 
     def decode(self, fn: Callable, *args) -> Any:
@@ -101,6 +97,21 @@ class DaskBackend:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def count_workers(workers) -> int:
+    """The number of model workers, after checking that there are model and decode workers at all."""
+    n_model = sum(1 for w in workers if w.get("resources", {}).get("model"))
+    n_decode = sum(1 for w in workers if w.get("resources", {}).get("decode"))
+    if not n_model or not n_decode:
+        from pipeline.embed.errors import EmbedError
+
+        raise EmbedError(
+            f"the Dask cluster has {n_model} model and {n_decode} decode worker(s); embed-ct needs at least one "
+            "of each: start them with `dask worker ADDRESS --resources model=1 --nthreads 1` (one per GPU, "
+            "CUDA_VISIBLE_DEVICES set) and `dask worker ADDRESS --resources decode=1 --nthreads 1`"
+        )
+    return n_model
 
 
 def local_cluster(n_decode: int, n_gpus: int, model_threads: int):

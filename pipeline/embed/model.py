@@ -22,7 +22,7 @@ class ModelSpec:
     checkpoint: str
     tokenizer: str
     model: str  # config name ('official', 'tiny') or JSON path
-    device: str  # 'cpu' or 'cuda' (a worker sees only its own GPU)
+    device: str  # 'auto', 'cpu' or 'cuda', resolved on the worker (a GPU worker sees only its own GPU)
     precision: str  # 'fp32' or 'bf16'
     threads: Optional[int] = None  # torch intra-op threads on CPU
 
@@ -34,10 +34,15 @@ class LoadedModel:
         from pipeline.ctclip.checkpoint import load_ctclip
         from pipeline.ctclip.text import load_tokenizer
 
-        if spec.device == "cpu" and spec.threads:
+        from pipeline.embed.errors import EmbedError
+
+        cuda = torch.cuda.is_available()
+        if spec.device == "cuda" and not cuda:
+            raise EmbedError("--device cuda but this model worker sees no CUDA GPU; use --device cpu or auto")
+        self.device = torch.device("cuda" if cuda and spec.device != "cpu" else "cpu")
+        if self.device.type == "cpu" and spec.threads:
             torch.set_num_threads(spec.threads)
         self.spec = spec
-        self.device = torch.device(spec.device)
         self.model = load_ctclip(spec.checkpoint, cfg=spec.model, map_location=self.device).eval()
         self.tokenizer = load_tokenizer(spec.tokenizer)
 

@@ -10,6 +10,7 @@ volumes that need them.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,20 +19,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from pipeline.embed.cache import CacheHeader, EmbeddingCache
+from pipeline.embed.errors import EmbedError, TooManyFailures
 from pipeline.embed.model import ModelSpec, prompt_latents
 from pipeline.embed.shards import Rows
 from pipeline.embed.work import decode_volume, embed_batch, labels_u8, load_kwargs_of
 from schemas.embed import EmbedConfig, EmbedIdentity
 from schemas.manifest import ManifestRow, manifest_sha256, read_manifest
 from schemas.provenance import Provenance
-
-
-class EmbedError(ValueError):
-    """A problem with the run's inputs found before any work (checkpoint, tokenizer, config)."""
-
-
-class TooManyFailures(RuntimeError):
-    pass
 
 
 @dataclass
@@ -42,6 +36,7 @@ class EmbedSummary:
     embedded: int
     failures: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
+    work_s: float = 0.0  # the scheduling loop alone: no cluster start, no model loading
     load_s: list[float] = field(default_factory=list)  # per volume
     preprocess_s: list[float] = field(default_factory=list)
     model_ct_s: float = 0.0  # summed over batches
@@ -66,19 +61,21 @@ def make_identity(cfg: EmbedConfig) -> EmbedIdentity:
         raise EmbedError(str(e)) from None
     return EmbedIdentity(
         checkpoint_sha256=file_sha256(cfg.checkpoint), tokenizer_sha256=file_sha256(vocab),
-        model_config_json=model_cfg.model_dump(mode="json"), ct_load=cfg.ct.model_dump(mode="json"),
+        model_config_json=model_cfg.model_dump(mode="json"),
+        # Only what changes the HU values; limits and checks that accept or refuse a volume may change between runs.
+        ct_load=cfg.ct.model_dump(mode="json", include={"hu_policy", "padding_below_hu"}),
         precision=cfg.precision,
     )
 
 
-def resolve_device(device: str) -> tuple[str, int]:
-    """('cpu'|'cuda', number of GPUs to use)."""
+def local_gpus(device: str) -> int:
+    """GPUs of this machine a local cluster gives one model worker each (0 on CPU)."""
     import torch
 
     n = torch.cuda.device_count() if device in ("auto", "cuda") else 0
     if device == "cuda" and n == 0:
-        raise EmbedError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
-    return ("cuda", n) if n else ("cpu", 0)
+        raise EmbedError("--device cuda but no CUDA GPU is visible here; use --device cpu or auto")
+    return n
 
 
 def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
@@ -97,10 +94,10 @@ def run_embed(cfg: EmbedConfig, on_commit: Optional[Callable[[int], None]] = Non
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)
     m_sha = manifest_sha256(cfg.manifest)
-    device, n_gpus = resolve_device(cfg.device)
+    n_gpus = 0 if cfg.scheduler else local_gpus(cfg.device)  # a remote cluster's model workers decide for themselves
     identity = make_identity(cfg)
     spec = ModelSpec(checkpoint=str(cfg.checkpoint.resolve()), tokenizer=str(cfg.tokenizer.resolve()), model=cfg.model,
-                     device=device, precision=cfg.precision,
+                     device=cfg.device, precision=cfg.precision,
                      threads=cfg.model_threads)
     with EmbeddingCache.open(cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha) as cache:
         cache.merge_fraction, cache.merge_min_rows = cfg.merge_fraction, cfg.merge_min_rows
@@ -110,6 +107,8 @@ def run_embed(cfg: EmbedConfig, on_commit: Optional[Callable[[int], None]] = Non
         backend = make_backend(cfg.workers, cfg.scheduler, n_gpus, cfg.model_threads)
         try:
             summary.dashboard = backend.dashboard
+            if backend.dashboard:
+                print(f"Dask dashboard: {backend.dashboard}", file=sys.stderr)
             # Loads the checkpoint on the model worker first: a wrong one is refused before any volume is read.
             temperature, prompts = backend.call_model(prompt_latents, spec)
             if not cache.exists:
@@ -118,7 +117,9 @@ def run_embed(cfg: EmbedConfig, on_commit: Optional[Callable[[int], None]] = Non
                                   checkpoint_sha256=identity.checkpoint_sha256)
                 cache.create(CacheHeader(identity=identity, provenance=prov, temperature=temperature, prompts=prompts))
             if todo:
+                t_work = time.perf_counter()
                 _Runner(cfg, backend, cache, spec, summary, report_text, on_commit, Path(cfg.manifest).parent).run(todo)
+                summary.work_s = time.perf_counter() - t_work
         finally:
             backend.close()
     summary.wall_s = time.perf_counter() - t_start

@@ -1,0 +1,9 @@
+"""Errors of embed-ct that the command line reports as one clear line."""
+
+
+class EmbedError(ValueError):
+    """A problem with the run's inputs or workers, found before any volume is read."""
+
+
+class TooManyFailures(RuntimeError):
+    """More items failed than --max-failures allows; the rows finished before are committed."""

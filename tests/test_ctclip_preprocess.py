@@ -66,3 +66,16 @@ def test_bad_input_is_named():
         preprocess_array(np.zeros((4, 4), np.float32), (1, 1, 1), _cfg((4, 4, 4)))
     with pytest.raises(ValueError, match="spacing"):
         preprocess_array(np.zeros((4, 4, 4), np.float32), (1, 0, 1), _cfg((4, 4, 4)))
+
+
+def test_reorient_moves_axes_and_spacing():
+    from pipeline.ctclip.preprocess import reorient
+
+    hu = np.arange(24, dtype=np.float32).reshape(2, 3, 4)  # LPS
+    out, spacing = reorient(hu, (1.0, 2.0, 3.0), "LPS", "PLI")  # swap the first two axes, flip the third
+    assert out.shape == (3, 2, 4) and spacing == (2.0, 1.0, 3.0)
+    assert out[2, 1, 0] == hu[1, 2, 3]
+    same, sp = reorient(hu, (1.0, 2.0, 3.0), "LPS", "lps")
+    assert same is hu and sp == (1.0, 2.0, 3.0)
+    with pytest.raises(ValueError, match="orientation"):
+        CTCLIPPreprocessConfig(orientation="LPX")

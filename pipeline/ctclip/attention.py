@@ -155,7 +155,7 @@ class ContinuousPositionBias(nn.Module):
         return (h, w, str(device), params)
 
     def forward(self, h: int, w: int, device: torch.device) -> torch.Tensor:
-        """Bias of shape (heads, h*w, h*w), float32."""
+        """Bias of shape (1, heads, h*w, h*w), float32 (4-D: SDPA's CPU flash kernel takes only 4-D masks)."""
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         key = self._key(h, w, device)
         if not grad and self._cache[0] == key:
@@ -176,4 +176,5 @@ class ContinuousPositionBias(nn.Module):
         pos = torch.arange(h * w, device=device)
         pi, pj = pos // w, pos % w  # token n sits at row n // w, column n % w ('ij' order)
         table = x.permute(2, 0, 1)  # (heads, 2h-1, 2w-1)
-        return table[:, (pi[:, None] - pi[None, :]) + h - 1, (pj[:, None] - pj[None, :]) + w - 1].contiguous()
+        bias = table[:, (pi[:, None] - pi[None, :]) + h - 1, (pj[:, None] - pj[None, :]) + w - 1]
+        return bias.unsqueeze(0).contiguous()

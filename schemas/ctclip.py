@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Precision = Literal["fp32", "bf16"]
 
@@ -82,10 +82,25 @@ class CTCLIPPreprocessConfig(BaseModel):
     shape: tuple[int, int, int] = Field(
         default=(480, 480, 240), description="Target array shape (x, y, z) after centre crop / pad."
     )
+    orientation: str = Field(
+        default="LPS",
+        description="Axcodes of the array axes the model was trained on: the on-disk voxel order of CT-RATE "
+        "files, which the official loader uses as is (REFERENCE.md §4). load_ct gives LPS; any other value "
+        "here reorders the LPS array to it before the official steps.",
+    )
     hu_min: float = -1000.0
     hu_max: float = 1000.0
     hu_scale: float = Field(default=1000.0, gt=0, description="Clipped HU are divided by this.")
     pad_value: float = Field(default=-1.0, description="Value of padded voxels (after scaling).")
+
+    @field_validator("orientation")
+    @classmethod
+    def _check_orientation(cls, v: str) -> str:
+        v = v.upper()
+        axis_of = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+        if len(v) != 3 or sorted(axis_of.get(c, -1) for c in v) != [0, 1, 2]:
+            raise ValueError(f"orientation must name one of L/R, A/P and S/I per axis, e.g. 'LPS'; got {v!r}")
+        return v
 
 
 class CTCLIPConfig(BaseModel):

@@ -46,7 +46,10 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = getattr(self, "1")(getattr(self, "0")(x))
         value, gate = h.chunk(2, dim=-1)
-        return getattr(self, "4")(F.gelu(gate) * value)
+        if h.requires_grad:
+            return getattr(self, "4")(F.gelu(gate) * value)
+        # Without autograd, GEGLU runs in place in the hidden buffer: two fewer (tokens x 1365) tensors.
+        return getattr(self, "4")(value.mul_(torch.ops.aten.gelu_(gate)))
 
 
 class PEG(nn.Module):
@@ -155,7 +158,7 @@ class ContinuousPositionBias(nn.Module):
         return (h, w, str(device), params)
 
     def forward(self, h: int, w: int, device: torch.device) -> torch.Tensor:
-        """Bias of shape (heads, h*w, h*w), float32."""
+        """Bias of shape (1, heads, h*w, h*w), float32 (4-D: SDPA's CPU flash kernel takes only 4-D masks)."""
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         key = self._key(h, w, device)
         if not grad and self._cache[0] == key:
@@ -176,4 +179,5 @@ class ContinuousPositionBias(nn.Module):
         pos = torch.arange(h * w, device=device)
         pi, pj = pos // w, pos % w  # token n sits at row n // w, column n % w ('ij' order)
         table = x.permute(2, 0, 1)  # (heads, 2h-1, 2w-1)
-        return table[:, (pi[:, None] - pi[None, :]) + h - 1, (pj[:, None] - pj[None, :]) + w - 1].contiguous()
+        bias = table[:, (pi[:, None] - pi[None, :]) + h - 1, (pj[:, None] - pj[None, :]) + w - 1]
+        return bias.unsqueeze(0).contiguous()

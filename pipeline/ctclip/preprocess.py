@@ -14,11 +14,10 @@ the array in its on-disk axis order (x, y, z):
 
 Orientation: the official loader never reorients, so CT-CLIP only knows the
 on-disk axes of CT-RATE files. ``load_ct`` returns every volume in LPS voxel
-order, which is the CT-RATE on-disk order (schemas.ct.CANONICAL_ORIENTATION),
-so a CT-RATE volume reaches step 1 exactly as the official loader reads it, and
-other volumes are brought to that orientation first. Spacing comes from the
-volume's affine (the official loader reads the same values from the CT-RATE
-metadata CSV).
+order; ``cfg.preprocess.orientation`` names the CT-RATE on-disk order (LPS by
+default, per REFERENCE.md §4, so nothing moves) and the LPS array is reordered
+to it first. Spacing comes from the volume's affine, permuted with the axes
+(the official loader reads the same values from the CT-RATE metadata CSV).
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from schemas.ct import CANONICAL_ORIENTATION
 from schemas.ctclip import CTCLIPConfig, CTCLIPPreprocessConfig
 
 
@@ -69,9 +69,23 @@ def preprocess_array(hu: np.ndarray, spacing, cfg: CTCLIPPreprocessConfig) -> to
     return x.permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
+def reorient(hu: np.ndarray, spacing, source: str, target: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Reorder/flip array axes from axcodes ``source`` to ``target``; spacing follows its axis."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
+
+    if source.upper() == target.upper():
+        return hu, tuple(spacing)
+    transform = ornt_transform(axcodes2ornt(source.upper()), axcodes2ornt(target.upper()))
+    new_spacing = [0.0] * 3
+    for axis, (new_axis, _) in enumerate(transform):
+        new_spacing[int(new_axis)] = spacing[axis]
+    return np.ascontiguousarray(apply_orientation(hu, transform)), tuple(new_spacing)
+
+
 def preprocess_ct(volume, cfg: CTCLIPConfig) -> torch.Tensor:
     """A :class:`pipeline.ct_io.CTVolume` (HU, LPS voxel order) -> tensor (1, D, H, W) for ``encode_ct``.
 
     Add the batch axis (``[None]``) or stack several before calling the model.
     """
-    return preprocess_array(volume.hu, volume.spacing, cfg.preprocess)
+    hu, spacing = reorient(volume.hu, volume.spacing, CANONICAL_ORIENTATION, cfg.preprocess.orientation)
+    return preprocess_array(hu, spacing, cfg.preprocess)

@@ -1,0 +1,185 @@
+"""CT-CLIP image encoder speed against the machine's matmul limit (and the official code, optionally).
+
+    python bench/bench_ctclip.py [--threads 2] [--repeats 3] [--official SCRATCH_DIR] [--tiny-volumes 64]
+
+Measured in one run, so the ratios compare like with like:
+  * the machine's fp32 and bf16 matmul peak (GFLOP/s, best of a few large GEMMs);
+  * one official-size volume (1 x 1 x 240 x 480 x 480), random weights: median seconds,
+    achieved GFLOP/s (matrix work counted below / time) and the peak RSS above the loaded
+    model, on the fp32 path and on the bf16 path (+ their latent cosine);
+  * optionally the official code (a scratch folder holding its source, see BENCHMARKS.md),
+    with the same weights, timed the same way;
+  * volumes per second of the tiny config (batch 8).
+Each figure is printed with the 1-minute load average, since the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples the resident set every 2 ms while the block runs; .extra = peak minus the level at entry."""
+
+    def __enter__(self):
+        self.base = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        self.extra = self.peak - self.base
+
+
+def matmul_peak(dtype: torch.dtype, seconds: float = 3.0) -> float:
+    """Best GFLOP/s over large GEMMs shaped like the encoder's (tokens x 512 x 2730) and square ones."""
+    best = 0.0
+    for m, k, n in [(13824, 512, 2730), (13824, 1365, 512), (4096, 4096, 4096)]:
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        a @ b
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3:
+            a @ b
+            reps += 1
+        best = max(best, 2.0 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def encoder_flops(cfg) -> dict[str, float]:
+    """Matrix-multiply FLOPs (2 per multiply-add) of one volume through the image encoder."""
+    v = cfg.visual
+    t, h, w = v.grid
+    n = t * h * w
+    inner = v.heads * v.dim_head
+    ff = int(4 * (2 / 3) * v.dim)
+    feats = v.channels * v.temporal_patch_size * v.patch_size**2
+    per_layer = 2 * n * (v.dim * inner * 3 + inner * v.dim + v.dim * 2 * ff + ff * v.dim)
+    return {
+        "patch embedding": 2.0 * n * feats * v.dim,
+        "transformer projections": per_layer * (v.spatial_depth + v.temporal_depth),
+        "spatial attention": 4.0 * t * (h * w) ** 2 * inner * v.spatial_depth,
+        "temporal attention": 4.0 * h * w * t**2 * inner * v.temporal_depth,
+        "quantiser": 2.0 * n * v.codebook_size * v.dim,
+        "latent projection": 2.0 * v.pooled_dim * cfg.dim_latent,
+    }
+
+
+def time_it(fn, repeats: int) -> tuple[float, float, list[float], int]:
+    """(first call s, median of the next `repeats` s, all, peak extra RSS bytes over all calls)."""
+    times = []
+    with PeakRSS() as mem:
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times[0], statistics.median(times[1:]), times, mem.extra
+
+
+def official_encoder(scratch: Path, ours):
+    """The official module tree from a scratch copy of its source, with our weights (strict load)."""
+    sys.path.insert(0, str(scratch))
+    import official_env  # the scratch folder's import shim (see BENCHMARKS.md)
+
+    off = official_env.build_official(ours.cfg).eval()
+    off.load_state_dict(ours.state_dict(), strict=True)
+
+    def encode(vol):
+        with torch.no_grad():  # what the official inference script runs under
+            enc = off.visual_transformer(vol, return_encoded_tokens=True)
+            return F.normalize(off.to_visual_latent(enc.mean(dim=1).reshape(vol.shape[0], -1)), dim=-1)
+
+    return off, encode
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="Timed calls after the first (default: 3).")
+    ap.add_argument("--official", type=Path, default=None, help="Scratch folder with the official code (optional).")
+    ap.add_argument("--tiny-volumes", type=int, default=64)
+    ap.add_argument("--skip-peak", action="store_true", help="Do not measure the matmul peak.")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from pipeline.ctclip.model import CTCLIP
+
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, {load()}")
+    peaks = {}
+    if not args.skip_peak:
+        for name, dt in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
+            peaks[name] = matmul_peak(dt)
+            print(f"matmul peak {name}: {peaks[name]:.0f} GFLOP/s ({load()})")
+
+    model = CTCLIP("official")
+    flops = encoder_flops(model.cfg)
+    total = sum(flops.values())
+    print("matrix work per volume: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items())
+          + f"; total {total / 1e9:.0f} GFLOP")
+    vol = torch.rand(1, 1, 240, 480, 480, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    results = {}
+    if args.official:
+        off, off_encode = official_encoder(args.official, model)
+        first, med, times, extra = time_it(lambda: off_encode(vol), args.repeats)
+        results["official"] = off_encode(vol)
+        del off
+        print(f"official code: first {first:.2f} s, median {med:.2f} s ({total / med / 1e9:.0f} GFLOP/s), "
+              f"peak RSS +{extra / 1e9:.2f} GB above the loaded models ({load()})")
+        base = med
+    else:
+        base = None
+    for prec in ("fp32", "bf16"):
+        first, med, times, extra = time_it(lambda: model.encode_ct(vol, prec), args.repeats)
+        results[prec] = model.encode_ct(vol, prec)
+        peak = peaks.get(prec)
+        line = (f"ours {prec}: first {first:.2f} s, median {med:.2f} s, {total / med / 1e9:.0f} GFLOP/s"
+                + (f" = {100 * total / med / 1e9 / peak:.0f}% of the {prec} matmul peak" if peak else "")
+                + f", peak RSS +{extra / 1e9:.2f} GB above the loaded model"
+                + (f", {base / med:.2f}x faster than official" if base else "") + f" ({load()})")
+        print(line)
+    cos = F.cosine_similarity(results["bf16"], results["fp32"]).item()
+    print(f"bf16 vs fp32 latent cosine: {cos:.5f}")
+    if "official" in results:
+        print(f"fp32 vs official latent max|diff|: {(results['fp32'] - results['official']).abs().max():.2e}")
+    del model
+
+    tiny = CTCLIP("tiny")
+    batch = torch.rand(8, 1, 16, 32, 32) * 2 - 1
+    for prec in ("fp32", "bf16"):
+        tiny.encode_ct(batch, prec)
+        t0 = time.perf_counter()
+        for _ in range(max(1, args.tiny_volumes // 8)):
+            tiny.encode_ct(batch, prec)
+        rate = 8 * max(1, args.tiny_volumes // 8) / (time.perf_counter() - t0)
+        print(f"tiny config {prec}: {rate:.0f} volumes/s (batch 8) ({load()})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""preprocess_ct on small hand-worked examples (the official inference loader's steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.ct_io import CTVolume
+from pipeline.ctclip.preprocess import crop_or_pad, preprocess_array, preprocess_ct, resampled_shape
+from schemas.ctclip import CTCLIPPreprocessConfig
+
+
+def _cfg(shape, spacing=(1.0, 1.0, 2.0)):
+    return CTCLIPPreprocessConfig(spacing_mm=spacing, shape=shape)
+
+
+def test_clip_scale_crop_pad_and_axis_order_by_hand():
+    # x = 4 (kept), y = 6 (cropped to 4: start (6-4)//2 = 1), z = 2 (padded to 4: 1 before, 1 after)
+    hu = np.zeros((4, 6, 2), np.float32)
+    hu[0, 1, 0] = 1500.0  # clipped to 1000 -> 1.0
+    hu[3, 4, 1] = -3000.0  # clipped to -1000 -> -1.0
+    hu[2, 3, 0] = 250.0  # -> 0.25
+    hu[1, 0, 0] = 999.0  # y = 0 is cropped away
+    out = preprocess_array(hu, (1.0, 1.0, 2.0), _cfg((4, 4, 4)))
+    assert out.shape == (1, 4, 4, 4) and out.dtype == torch.float32  # (1, z, x, y)
+    expected = torch.zeros(1, 4, 4, 4)
+    expected[0, 0] = -1.0  # padded slice before
+    expected[0, 3] = -1.0  # padded slice after
+    expected[0, 1, 0, 0] = 1.0  # z 0 -> 1, x 0, y 1 -> 0
+    expected[0, 2, 3, 3] = -1.0  # z 1 -> 2, x 3, y 4 -> 3
+    expected[0, 1, 2, 2] = 0.25  # z 0 -> 1, x 2, y 3 -> 2
+    assert torch.equal(out, expected)
+
+
+def test_trilinear_resampling_by_hand():
+    # a ramp along x at 0.5 mm becomes 1 mm: 4 voxels -> int(4 * 0.5) = 2, each the mean of a pair
+    # (align_corners=False: output i samples input position 2i + 0.5)
+    hu = np.broadcast_to(np.array([0.0, 100.0, 200.0, 300.0], np.float32)[:, None, None], (4, 2, 2)).copy()
+    out = preprocess_array(hu, (0.5, 1.0, 2.0), _cfg((2, 2, 2)))
+    assert torch.allclose(out[0, :, :, 0], torch.tensor([[0.05, 0.25], [0.05, 0.25]]), atol=1e-7)
+
+
+def test_resampled_shape_truncates_like_the_official_loader():
+    assert resampled_shape((512, 512, 300), (0.7, 0.7, 1.25), (0.75, 0.75, 1.5)) == (477, 477, 250)
+    assert resampled_shape((5, 5, 5), (0.7, 1.0, 3.0), (1.0, 1.0, 1.5)) == (3, 5, 10)
+
+
+def test_odd_crop_and_pad_put_the_extra_voxel_after():
+    x = torch.arange(5.0)
+    assert crop_or_pad(x, (2,), -1.0).tolist() == [1.0, 2.0]  # start (5-2)//2 = 1
+    assert crop_or_pad(x, (8,), -1.0).tolist() == [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, -1.0, -1.0]
+
+
+def test_preprocess_ct_reads_spacing_from_the_affine():
+    hu = np.full((4, 4, 4), -1000.0, np.float32)
+    affine = np.diag([-2.0, -2.0, 4.0, 1.0])  # LPS voxels, 2 x 2 x 4 mm
+    vol = CTVolume(hu=hu, affine=affine, source="x.nii.gz", hu_scaling="header", air_hu=-1000.0)
+    cfg = type("C", (), {"preprocess": _cfg((8, 8, 8), (1.0, 1.0, 2.0))})()
+    out = preprocess_ct(vol, cfg)
+    assert out.shape == (1, 8, 8, 8) and torch.all(out == -1.0)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="3-D"):
+        preprocess_array(np.zeros((4, 4), np.float32), (1, 1, 1), _cfg((4, 4, 4)))
+    with pytest.raises(ValueError, match="spacing"):
+        preprocess_array(np.zeros((4, 4, 4), np.float32), (1, 0, 1), _cfg((4, 4, 4)))
+
+
+def test_reorient_moves_axes_and_spacing():
+    from pipeline.ctclip.preprocess import reorient
+
+    hu = np.arange(24, dtype=np.float32).reshape(2, 3, 4)  # LPS
+    out, spacing = reorient(hu, (1.0, 2.0, 3.0), "LPS", "PLI")  # swap the first two axes, flip the third
+    assert out.shape == (3, 2, 4) and spacing == (2.0, 1.0, 3.0)
+    assert out[2, 1, 0] == hu[1, 2, 3]
+    same, sp = reorient(hu, (1.0, 2.0, 3.0), "LPS", "lps")
+    assert same is hu and sp == (1.0, 2.0, 3.0)
+    with pytest.raises(ValueError, match="orientation"):
+        CTCLIPPreprocessConfig(orientation="LPX")

@@ -1,0 +1,44 @@
+"""Report cleaning as the official loader does it, and the local tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ctclip_util import tiny_model, write_vocab
+
+from pipeline.ctclip.text import TokenizerError, clean_report, load_tokenizer, report_text, tokenize
+
+
+def test_clean_report_deletes_quotes_and_parentheses_only():
+    assert clean_report('The "left" lung (upper lobe) isn\'t clear.') == "The left lung upper lobe isnt clear."
+
+
+def test_report_text_joins_like_the_official_loader():
+    assert report_text("Findings here.", "Impression (mild).") == "Findings here.Impression mild."
+    assert report_text("Not given.", "Only impressions.") == "Only impressions."
+    assert report_text("Only findings.", None) == "Only findings."
+    assert report_text(float("nan"), "x") == "x"
+
+
+def test_tokenizer_from_a_local_folder(tmp_path):
+    tok = load_tokenizer(write_vocab(tmp_path / "tok"))
+    ids, mask = tokenize(tok, ["Lung nodule is present.", "the heart"], max_length=10)
+    # [CLS]=2, lung=10, nodule=11, is=6, present=8, .=17, [SEP]=3 (lower-cased WordPiece)
+    assert ids[0].tolist() == [2, 10, 11, 6, 8, 17, 3]
+    assert mask[1].tolist() == [1, 1, 1, 1, 0, 0, 0]
+    ids, mask = tokenize(tok, ["the heart"], max_length=10, pad_to_max_length=True)
+    assert ids.shape == (1, 10) and mask.sum() == 4
+
+
+def test_padding_to_the_longest_text_gives_the_official_latents(tmp_path):
+    model = tiny_model(seed=4)
+    tok = load_tokenizer(write_vocab(tmp_path / "tok"))
+    texts = ["Lung nodule is present.", "the heart size is normal."]
+    short = model.encode_text(*tokenize(tok, texts, max_length=64))
+    full = model.encode_text(*tokenize(tok, texts, max_length=64, pad_to_max_length=True))
+    assert torch.allclose(short, full, atol=1e-6)
+
+
+def test_tokenizer_folder_without_vocab_is_named(tmp_path):
+    with pytest.raises(TokenizerError, match="no vocab.txt"):
+        load_tokenizer(tmp_path)

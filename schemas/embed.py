@@ -98,7 +98,13 @@ class EmbedConfig(BaseModel):
         default=None, ge=1, description="torch threads of a CPU model worker (default: the machine's cores)."
     )
     prefetch: Optional[int] = Field(
-        default=None, ge=1, description="Decoded volumes held ahead of the model (default: 2 per model worker batch)."
+        default=None,
+        ge=1,
+        description="Volumes in flight (being decoded, decoded, or in the model) at most (default: as many as "
+        "prefetch_gib holds, at least two batches per model worker plus one per decode worker).",
+    )
+    prefetch_gib: float = Field(
+        default=2.0, gt=0, description="Memory (GiB) for decoded volumes in flight, when prefetch is not given."
     )
     commit_every: int = Field(default=64, ge=1, description="Rows per commit (one shard file, written atomically).")
     merge_fraction: float = Field(

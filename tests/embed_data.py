@@ -74,8 +74,8 @@ class EmbedInputs:
 
 
 def build_inputs(root: Path, n_scans: int = 4, recons: int = 2, bad: bool = False, seed: int = 0) -> EmbedInputs:
-    """``n_scans`` scans of ``recons`` reconstructions each (sharing a report); with ``bad``, one truncated
-    volume and one scan without report text are added."""
+    """``n_scans`` scans of ``recons`` reconstructions each (sharing a report); with ``bad``, a scan with a
+    truncated volume, a good one and one too small to preprocess (0.1 mm voxels), and a scan without report text."""
     vols = root / "volumes"
     vols.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -84,9 +84,11 @@ def build_inputs(root: Path, n_scans: int = 4, recons: int = 2, bad: bool = Fals
         report = REPORTS[s % len(REPORTS)]
         if bad and s == n_scans + 1:
             report = ""
-        for r in range(1, recons + 1):
+        for r in range(1, recons + (2 if bad and s == n_scans else 1)):
             vid = f"valid_{s}_a_{r}"
-            path = write_volume(vols / f"{vid}.nii.gz", seed=seed * 1000 + s * 10 + r)
+            tiny_voxels = bad and s == n_scans and r == recons + 1
+            path = write_volume(vols / f"{vid}.nii.gz", seed=seed * 1000 + s * 10 + r,
+                                spacing=(0.1, 0.1, 0.1) if tiny_voxels else (5.0, 5.0, 8.0))
             if bad and s == n_scans and r == 1:
                 truncate(path)
             labels = [int(v) for v in rng.integers(0, 2, N_LABELS)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_threads
 from typing import Any, Callable, Optional
@@ -38,6 +39,10 @@ class ThreadBackend:
         return set(wait_threads(list(handles), timeout=timeout, return_when=FIRST_COMPLETED).done)
 
     @staticmethod
+    def result(handle) -> Any:
+        return handle.result()
+
+    @staticmethod
     def error(handle) -> Optional[BaseException]:
         return handle.exception()
 
@@ -61,29 +66,49 @@ class DaskBackend:
             client.close()
             raise
         self.dashboard = getattr(client, "dashboard_link", None) if _has_bokeh() else None
+        from distributed import as_completed
+
+        # Model results (latents, small) are fetched in the client's event loop as soon as a task ends, so
+        # the runner never waits a network round trip per batch; decoded volumes are never fetched here.
+        self._arrivals = as_completed(with_results=True, raise_errors=False)
+        self._results: dict = {}
+        self._model_futures: set = set()  # submitted model tasks whose result has not been taken
 
     def decode(self, fn: Callable, *args) -> Any:
         return self.client.submit(fn, *args, resources={"decode": 1}, pure=False)
 
     def embed(self, fn: Callable, spec, handles: list, texts: list[str]) -> Any:
-        return self.client.submit(fn, spec, handles, texts, resources={"model": 1}, pure=False)
+        future = self.client.submit(fn, spec, handles, texts, resources={"model": 1}, pure=False)
+        self._arrivals.add(future)
+        self._model_futures.add(future)
+        return future
 
     def call_model(self, fn: Callable, *args) -> Any:
         return self.client.submit(fn, *args, resources={"model": 1}, pure=False).result()
 
     def wait_any(self, handles, timeout: float = 1.0) -> set:
-        from distributed import wait
-        from distributed.client import FIRST_COMPLETED as DASK_FIRST
+        """Handles that are done: decodes finished or failed, model tasks whose result is here or that failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._arrivals.has_ready():
+                for future, result in self._arrivals.next_batch(block=False):
+                    if future in self._model_futures:  # not one already reported as failed
+                        self._results[future] = result
+            done = {h for h in handles if h in self._results or h.status in ("error", "cancelled", "lost")
+                    or (h.status == "finished" and h not in self._model_futures)}
+            if done or time.monotonic() >= deadline:
+                return done
+            time.sleep(0.01)  # status changes arrive from the scheduler in the background; polling is cheap
 
-        try:
-            return set(wait(list(handles), timeout=timeout, return_when=DASK_FIRST).done)
-        except TimeoutError:
-            return set()
+    def result(self, handle) -> Any:
+        self._model_futures.discard(handle)
+        return self._results.pop(handle)
 
-    @staticmethod
-    def error(handle) -> Optional[BaseException]:
+    def error(self, handle) -> Optional[BaseException]:
         if handle.status == "finished":
             return None
+        self._model_futures.discard(handle)
+        self._results.pop(handle, None)
         try:
             return handle.exception()
         except Exception as e:  # cancelled or lost: the exception itself is unavailable
@@ -128,7 +153,7 @@ def local_cluster(n_decode: int, n_gpus: int, model_threads: int):
         if n_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(g)
         workers[f"model-{g}"] = {"cls": Nanny, "options": {"nthreads": 1, "resources": {"model": 1}, "env": env}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0" if _has_bokeh() else None}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}  # any free port: never clash with another cluster
     return SpecCluster(workers=workers, scheduler=scheduler, name="embed-ct", silence_logs=logging.WARNING)
 
 

@@ -78,6 +78,13 @@ def local_gpus(device: str) -> int:
     return n
 
 
+def spec_shape(model: str) -> tuple[int, int, int]:
+    """The model input's shape (x, y, z) of a CT-CLIP config."""
+    from pipeline.ctclip.config import get_config
+
+    return tuple(get_config(model).preprocess.shape)
+
+
 def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
     """Rows grouped by scan (first appearance order), so a scan's reconstructions meet in one batch."""
     first: dict[str, int] = {}
@@ -145,7 +152,9 @@ class _Runner:
         self.on_commit, self.manifest_dir = on_commit, manifest_dir
         self._report_text = report_text
         per_batch = cfg.batch_size * backend.n_model
-        self.prefetch = cfg.prefetch or 2 * per_batch + max(cfg.workers, 1)
+        volume_bytes = 4 * np.prod(spec_shape(cfg.model))
+        by_memory = min(256, int(cfg.prefetch_gib * 2**30 // volume_bytes))  # small volumes: hide task latency
+        self.prefetch = cfg.prefetch or max(2 * per_batch + max(cfg.workers, 1), by_memory)
         self.max_batches = 2 * backend.n_model  # one running and one queued per model worker
         self.decoding: dict = {}  # handle -> row
         self.ready: list = []  # (row, handle) decoded, waiting for a batch
@@ -227,7 +236,7 @@ class _Runner:
                 self._fail(r.volume_id, f"model task failed: {_reason(err)}")
             self._texts_lost(texts, _reason(err))
             return
-        result = h.result()
+        result = self.backend.result(h)
         self._record_timings(result)
         self.text_latents.update(result.texts)
         for r in rows:

@@ -42,9 +42,9 @@ def embed_ct(
         "overwrite": overwrite, "ct.hu_policy": hu_policy, "progress": progress,
     })
     s = run_embed(cfg)
-    rate = s.embedded / s.wall_s if s.wall_s else 0.0
+    rate = f", {s.embedded / s.work_s:.2f} volumes/s after start-up" if s.embedded and s.work_s else ""
     typer.echo(f"{cfg.out}: {s.embedded} embedded, {s.already_done} already there, {len(s.failures)} failed "
-               f"of {s.total} ({s.wall_s:.1f} s, {rate:.2f} volumes/s; {s.texts_embedded} distinct reports embedded)")
+               f"of {s.total} ({s.wall_s:.1f} s{rate}; {s.texts_embedded} distinct reports embedded)")
     if s.failures:
         typer.secho(f"{len(s.failures)} failure(s), recorded in {cfg.out} under failures/:", fg=typer.colors.YELLOW, err=True)
         for vid, why in list(s.failures.items())[:10]:

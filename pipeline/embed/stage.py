@@ -111,6 +111,9 @@ def run_embed(cfg: EmbedConfig, on_commit: Optional[Callable[[int], None]] = Non
         done = cache.done_ids()
         todo = [r for r in scan_order(rows) if r.volume_id not in done]
         summary = EmbedSummary(out=cfg.out, total=len(rows), already_done=len(rows) - len(todo), embedded=0)
+        if not todo and cache.exists:
+            summary.wall_s = time.perf_counter() - t_start
+            return summary  # nothing to do: no cluster, no model
         backend = make_backend(cfg.workers, cfg.scheduler, n_gpus, cfg.model_threads)
         try:
             summary.dashboard = backend.dashboard

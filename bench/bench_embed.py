@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--commit-every", type=int, default=1,
                     help="1: time the gaps between commits (steady state); more than --n: the whole loop / n")
     ap.add_argument("--batch-size", type=int, default=2, help="volumes per forward pass in the overlapped runs")
+    ap.add_argument("--modes", default="dask,threads", help="overlapped runs: dask (1 decode + 1 model worker), threads")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -136,18 +137,19 @@ def main() -> None:
     res["decode_s"], res["load_decode"] = statistics.median(decode), load()
     mtimes = bench_model(spec, rows, args.work, args.model)
     res["model_s"], res["load_model"] = statistics.median(mtimes), load()
-    for workers, name in ((1, "dask"), (0, "threads")):
+    modes = [m for m in (("dask", 1), ("threads", 0)) if m[0] in args.modes.split(",")]
+    for name, workers in modes:
         res[f"together_{name}"] = bench_together(manifest, ckpt, tok, args.work, args.model, workers, args.threads,
                                                  args.commit_every, args.batch_size)
         res[f"load_{name}"] = load()
     slower = max(res["decode_s"], res["model_s"])
-    for name in ("dask", "threads"):
+    for name, _ in modes:
         t = res[f"together_{name}"]["per_volume_s"]
         res[f"together_{name}_vs_slower"] = t / slower
         res[f"volumes_per_s_{name}"] = 1.0 / t
     print(f"{args.model}: decode {res['decode_s']:.3f} s/vol (load {res['load_decode']}), "
           f"model {res['model_s']:.3f} s/vol (load {res['load_model']})")
-    for name in ("dask", "threads"):
+    for name, _ in modes:
         t = res[f"together_{name}"]
         print(f"  together [{name}]: {t['per_volume_s']:.3f} s/vol = {res[f'volumes_per_s_{name}']:.2f} vol/s, "
               f"{res[f'together_{name}_vs_slower']:.2f}x the slower alone (load {res[f'load_{name}']}); "

@@ -95,7 +95,10 @@ class EmbedConfig(BaseModel):
         description="Address of a running Dask scheduler (its workers: resources decode=1 / model=1) instead of a LocalCluster.",
     )
     model_threads: Optional[int] = Field(
-        default=None, ge=1, description="torch threads of a CPU model worker (default: the machine's cores)."
+        default=None,
+        ge=1,
+        description="torch threads of a CPU model worker (default: cores minus workers, at least 1; "
+        "all cores with workers=0).",
     )
     prefetch: Optional[int] = Field(
         default=None,

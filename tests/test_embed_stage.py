@@ -191,3 +191,18 @@ def test_a_cluster_without_model_or_decode_workers_is_refused():
     assert count_workers([{"resources": {"model": 1}}, {"resources": {"model": 1}}, {"resources": {"decode": 1}}]) == 2
     with pytest.raises(EmbedError, match="0 model and 1 decode.*--resources model=1"):
         count_workers([{"resources": {"decode": 1}}, {"resources": {}}])
+
+
+def test_a_volume_that_breaks_the_batch_fails_alone(inputs):
+    from pipeline.embed.model import ModelSpec
+    from pipeline.embed.work import DecodedVolume, embed_batch
+
+    spec = ModelSpec(checkpoint=str(inputs.checkpoint), tokenizer=str(inputs.tokenizer), model="tiny", device="cpu",
+                     precision="fp32")
+    good = np.random.default_rng(0).uniform(-1, 1, (1, 16, 32, 32)).astype(np.float32)
+    volumes = [DecodedVolume("ok", good, 0.0, 0.0), DecodedVolume("bad", good[:, :8], 0.0, 0.0)]
+    result = embed_batch(spec, volumes, ["there is no nodule."])
+    assert set(result.ct) == {"ok"} and "forward pass failed" in result.errors["bad"] and "(1, 8, 32, 32)" in result.errors["bad"]
+    model = load_ctclip(inputs.checkpoint, "tiny")
+    np.testing.assert_allclose(result.ct["ok"], model.encode_ct(torch.from_numpy(good)[None])[0].numpy(), atol=1e-5)
+    assert set(result.texts) == {"there is no nodule."}

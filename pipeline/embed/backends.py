@@ -174,5 +174,6 @@ def make_backend(workers: int, scheduler: Optional[str], n_gpus: int, model_thre
         return ThreadBackend()
     from distributed import Client
 
-    cluster = local_cluster(workers, n_gpus, model_threads or os.cpu_count() or 1)
+    # On CPU, decoding and the forward pass share the cores: the model gets those the decode workers leave.
+    cluster = local_cluster(workers, n_gpus, model_threads or max(1, (os.cpu_count() or 1) - workers))
     return DaskBackend(Client(cluster), cluster)

@@ -22,7 +22,8 @@ def embed_ct(
     batch_size: Optional[int] = typer.Option(None, help="Volumes per forward pass (default: 2)."),
     workers: Optional[int] = typer.Option(None, help="CPU decode workers; 0 runs in this process without Dask (default: 2)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler instead of a local cluster."),
-    model_threads: Optional[int] = typer.Option(None, help="torch threads of a CPU model worker (default: all cores)."),
+    model_threads: Optional[int] = typer.Option(
+        None, help="torch threads of a CPU model worker (default: cores minus --workers, at least 1; all with --workers 0)."),
     commit_every: Optional[int] = typer.Option(None, help="Rows per commit; a kill loses at most the rows since (default: 64)."),
     max_failures: Optional[int] = typer.Option(None, help="Stop (exit status 2) once more items failed (default: no limit)."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Discard an existing cache and embed everything again."),

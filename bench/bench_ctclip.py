@@ -93,15 +93,29 @@ def encoder_flops(cfg) -> dict[str, float]:
     }
 
 
-def time_it(fn, repeats: int) -> tuple[float, float, list[float], int]:
-    """(first call s, median of the next `repeats` s, all, peak extra RSS bytes over all calls)."""
-    times = []
-    with PeakRSS() as mem:
-        for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return times[0], statistics.median(times[1:]), times, mem.extra
+def time_rounds(variants: dict, rounds: int) -> dict:
+    """Each variant once per round, in turn, so that all see the same machine load.
+
+    Returns per variant: first-call seconds, per-round seconds, the largest RSS rise above
+    the level before the call, and the load average seen during its calls.
+    """
+    res = {name: {"times": [], "extra": 0, "load": []} for name in variants}
+    for r in range(rounds + 1):
+        for name, fn in variants.items():
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+            entry = res[name]
+            entry["extra"] = max(entry["extra"], mem.extra)
+            entry["load"].append(os.getloadavg()[0])
+            if r == 0:
+                entry["first"] = dt
+            else:
+                entry["times"].append(dt)
+    for entry in res.values():
+        entry["median"] = statistics.median(entry["times"])
+    return res
 
 
 def official_encoder(scratch: Path, ours):
@@ -123,7 +137,7 @@ def official_encoder(scratch: Path, ours):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="Timed calls after the first (default: 3).")
+    ap.add_argument("--repeats", type=int, default=3, help="Timed rounds after the first (default: 3).")
     ap.add_argument("--official", type=Path, default=None, help="Scratch folder with the official code (optional).")
     ap.add_argument("--tiny-volumes", type=int, default=64)
     ap.add_argument("--skip-peak", action="store_true", help="Do not measure the matmul peak.")
@@ -144,30 +158,34 @@ def main() -> None:
     print("matrix work per volume: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items())
           + f"; total {total / 1e9:.0f} GFLOP")
     vol = torch.rand(1, 1, 240, 480, 480, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    results = {}
+    variants = {}
     if args.official:
         off, off_encode = official_encoder(args.official, model)
-        first, med, times, extra = time_it(lambda: off_encode(vol), args.repeats)
-        results["official"] = off_encode(vol)
-        del off
-        print(f"official code: first {first:.2f} s, median {med:.2f} s ({total / med / 1e9:.0f} GFLOP/s), "
-              f"peak RSS +{extra / 1e9:.2f} GB above the loaded models ({load()})")
-        base = med
-    else:
-        base = None
-    for prec in ("fp32", "bf16"):
-        first, med, times, extra = time_it(lambda: model.encode_ct(vol, prec), args.repeats)
-        results[prec] = model.encode_ct(vol, prec)
-        peak = peaks.get(prec)
-        line = (f"ours {prec}: first {first:.2f} s, median {med:.2f} s, {total / med / 1e9:.0f} GFLOP/s"
-                + (f" = {100 * total / med / 1e9 / peak:.0f}% of the {prec} matmul peak" if peak else "")
-                + f", peak RSS +{extra / 1e9:.2f} GB above the loaded model"
-                + (f", {base / med:.2f}x faster than official" if base else "") + f" ({load()})")
+        variants["official"] = lambda: off_encode(vol)
+    variants["fp32"] = lambda: model.encode_ct(vol, "fp32")
+    variants["bf16"] = lambda: model.encode_ct(vol, "bf16")
+    res = time_rounds(variants, args.repeats)
+    for name, r in res.items():
+        prec = "fp32" if name == "official" else name
+        rate = total / r["median"] / 1e9
+        line = (f"{name:>8}: first {r['first']:.2f} s, median {r['median']:.2f} s "
+                f"({', '.join(f'{t:.2f}' for t in r['times'])}), {rate:.0f} GFLOP/s"
+                + (f" = {100 * rate / peaks[prec]:.0f}% of the {prec} matmul peak" if prec in peaks else "")
+                + f", peak RSS +{r['extra'] / 1e9:.2f} GB above the loaded model(s)"
+                + f" (load {statistics.median(r['load']):.1f})")
         print(line)
-    cos = F.cosine_similarity(results["bf16"], results["fp32"]).item()
-    print(f"bf16 vs fp32 latent cosine: {cos:.5f}")
-    if "official" in results:
-        print(f"fp32 vs official latent max|diff|: {(results['fp32'] - results['official']).abs().max():.2e}")
+    if "official" in res:
+        for name in ("fp32", "bf16"):
+            ratios = [o / t for o, t in zip(res["official"]["times"], res[name]["times"])]
+            print(f"{name} speed-up over official, median of per-round ratios: {statistics.median(ratios):.2f}x")
+    if not args.skip_peak:
+        for name, dt in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
+            print(f"matmul peak {name} after the rounds: {matmul_peak(dt):.0f} GFLOP/s ({load()})")
+    latents = {name: fn() for name, fn in variants.items()}
+    print(f"bf16 vs fp32 latent cosine: {F.cosine_similarity(latents['bf16'], latents['fp32']).item():.5f}")
+    if "official" in latents:
+        print(f"fp32 vs official latent max|diff|: {(latents['fp32'] - latents['official']).abs().max():.2e}")
+        del off
     del model
 
     tiny = CTCLIP("tiny")

@@ -93,14 +93,18 @@ def encoder_flops(cfg) -> dict[str, float]:
     }
 
 
-def time_rounds(variants: dict, rounds: int) -> dict:
+def time_rounds(variants: dict, rounds: int, each_round=None) -> dict:
     """Each variant once per round, in turn, so that all see the same machine load.
 
     Returns per variant: first-call seconds, per-round seconds, the largest RSS rise above
-    the level before the call, and the load average seen during its calls.
+    the level before the call, and the load average seen during its calls; ``each_round()``
+    (the matmul peak) is called after every timed round and its results listed under "rounds".
     """
     res = {name: {"times": [], "extra": 0, "load": []} for name in variants}
+    res["rounds"] = []
     for r in range(rounds + 1):
+        if r > 0 and each_round is not None:
+            res["rounds"].append(each_round())
         for name, fn in variants.items():
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
@@ -113,9 +117,29 @@ def time_rounds(variants: dict, rounds: int) -> dict:
                 entry["first"] = dt
             else:
                 entry["times"].append(dt)
-    for entry in res.values():
-        entry["median"] = statistics.median(entry["times"])
+    if each_round is not None:
+        res["rounds"].append(each_round())
+    for name in variants:
+        res[name]["median"] = statistics.median(res[name]["times"])
     return res
+
+
+def time_breakdown(fn, flops: dict, total: float) -> str:
+    """One call under torch.profiler: the share of time in GEMMs, in attention and elsewhere, and the
+    GEMMs' own rate (their FLOPs over their self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    self_s = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    gemm = sum(v for k, v in self_s.items() if k in ("aten::mm", "aten::addmm", "aten::bmm"))
+    attn = sum(v for k, v in self_s.items() if "scaled_dot_product" in k)
+    everything = sum(self_s.values())
+    gemm_flops = total - flops["spatial attention"] - flops["temporal attention"]
+    return (f"{wall:.2f} s wall; GEMMs {100 * gemm / everything:.0f}% of op time at {gemm_flops / gemm / 1e9:.0f} "
+            f"GFLOP/s, attention {100 * attn / everything:.0f}%, other ops {100 * (everything - gemm - attn) / everything:.0f}%")
 
 
 def official_encoder(scratch: Path, ours):
@@ -141,6 +165,7 @@ def main() -> None:
     ap.add_argument("--official", type=Path, default=None, help="Scratch folder with the official code (optional).")
     ap.add_argument("--tiny-volumes", type=int, default=64)
     ap.add_argument("--skip-peak", action="store_true", help="Do not measure the matmul peak.")
+    ap.add_argument("--profile", action="store_true", help="Also break one call of each path down by op kind.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from pipeline.ctclip.model import CTCLIP
@@ -164,23 +189,36 @@ def main() -> None:
         variants["official"] = lambda: off_encode(vol)
     variants["fp32"] = lambda: model.encode_ct(vol, "fp32")
     variants["bf16"] = lambda: model.encode_ct(vol, "bf16")
-    res = time_rounds(variants, args.repeats)
+    def round_peaks():
+        return {"fp32": matmul_peak(torch.float32, 1.5), "bf16": matmul_peak(torch.bfloat16, 1.5)}
+
+    res = time_rounds(variants, args.repeats, None if args.skip_peak else round_peaks)
+    rounds = res.pop("rounds")
     for name, r in res.items():
         prec = "fp32" if name == "official" else name
         rate = total / r["median"] / 1e9
         line = (f"{name:>8}: first {r['first']:.2f} s, median {r['median']:.2f} s "
-                f"({', '.join(f'{t:.2f}' for t in r['times'])}), {rate:.0f} GFLOP/s"
-                + (f" = {100 * rate / peaks[prec]:.0f}% of the {prec} matmul peak" if prec in peaks else "")
-                + f", peak RSS +{r['extra'] / 1e9:.2f} GB above the loaded model(s)"
-                + f" (load {statistics.median(r['load']):.1f})")
+                f"({', '.join(f'{t:.2f}' for t in r['times'])}), {rate:.0f} GFLOP/s")
+        if rounds:
+            # efficiency per round: this round's rate over the matmul peak measured around it
+            eff = [total / t / 1e9 / max(a[prec], b[prec]) for t, a, b in zip(r["times"], rounds, rounds[1:])]
+            line += f" = {100 * statistics.median(eff):.0f}% of the {prec} matmul peak measured around each call"
+        line += (f", peak RSS +{r['extra'] / 1e9:.2f} GB above the loaded model(s)"
+                 f" (load {statistics.median(r['load']):.1f})")
         print(line)
+    if rounds:
+        for prec in ("fp32", "bf16"):
+            print(f"matmul peak {prec} per round: " + ", ".join(f"{p[prec]:.0f}" for p in rounds) + " GFLOP/s")
     if "official" in res:
         for name in ("fp32", "bf16"):
             ratios = [o / t for o, t in zip(res["official"]["times"], res[name]["times"])]
             print(f"{name} speed-up over official, median of per-round ratios: {statistics.median(ratios):.2f}x")
-    if not args.skip_peak:
-        for name, dt in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
-            print(f"matmul peak {name} after the rounds: {matmul_peak(dt):.0f} GFLOP/s ({load()})")
+    if args.profile:
+        for name, fn in variants.items():
+            print(f"{name:>8} breakdown: {time_breakdown(fn, flops, total)} ({load()})")
+            if not args.skip_peak:
+                prec = "fp32" if name == "official" else name
+                print(f"          matmul peak {prec} right after: {matmul_peak(dict(fp32=torch.float32, bf16=torch.bfloat16)[prec], 1.5):.0f} GFLOP/s")
     latents = {name: fn() for name, fn in variants.items()}
     print(f"bf16 vs fp32 latent cosine: {F.cosine_similarity(latents['bf16'], latents['fp32']).item():.5f}")
     if "official" in latents:

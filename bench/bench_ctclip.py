@@ -93,15 +93,53 @@ def encoder_flops(cfg) -> dict[str, float]:
     }
 
 
-def time_it(fn, repeats: int) -> tuple[float, float, list[float], int]:
-    """(first call s, median of the next `repeats` s, all, peak extra RSS bytes over all calls)."""
-    times = []
-    with PeakRSS() as mem:
-        for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return times[0], statistics.median(times[1:]), times, mem.extra
+def time_rounds(variants: dict, rounds: int, each_round=None) -> dict:
+    """Each variant once per round, in turn, so that all see the same machine load.
+
+    Returns per variant: first-call seconds, per-round seconds, the largest RSS rise above
+    the level before the call, and the load average seen during its calls; ``each_round()``
+    (the matmul peak) is called after every timed round and its results listed under "rounds".
+    """
+    res = {name: {"times": [], "extra": 0, "load": []} for name in variants}
+    res["rounds"] = []
+    for r in range(rounds + 1):
+        if r > 0 and each_round is not None:
+            res["rounds"].append(each_round())
+        for name, fn in variants.items():
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+            entry = res[name]
+            entry["extra"] = max(entry["extra"], mem.extra)
+            entry["load"].append(os.getloadavg()[0])
+            if r == 0:
+                entry["first"] = dt
+            else:
+                entry["times"].append(dt)
+    if each_round is not None:
+        res["rounds"].append(each_round())
+    for name in variants:
+        res[name]["median"] = statistics.median(res[name]["times"])
+    return res
+
+
+def time_breakdown(fn, flops: dict, total: float) -> str:
+    """One call under torch.profiler: the share of time in GEMMs, in attention and elsewhere, and the
+    GEMMs' own rate (their FLOPs over their self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    self_s = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    gemm = sum(v for k, v in self_s.items() if k in ("aten::mm", "aten::addmm", "aten::bmm"))
+    attn = sum(v for k, v in self_s.items() if "scaled_dot_product" in k)
+    everything = sum(self_s.values())
+    gemm_flops = total - flops["spatial attention"] - flops["temporal attention"]
+    return (f"{wall:.2f} s wall; GEMMs {100 * gemm / everything:.0f}% of op time at {gemm_flops / gemm / 1e9:.0f} "
+            f"GFLOP/s, attention {100 * attn / everything:.0f}%, other ops {100 * (everything - gemm - attn) / everything:.0f}%")
 
 
 def official_encoder(scratch: Path, ours):
@@ -123,10 +161,11 @@ def official_encoder(scratch: Path, ours):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="Timed calls after the first (default: 3).")
+    ap.add_argument("--repeats", type=int, default=3, help="Timed rounds after the first (default: 3).")
     ap.add_argument("--official", type=Path, default=None, help="Scratch folder with the official code (optional).")
     ap.add_argument("--tiny-volumes", type=int, default=64)
     ap.add_argument("--skip-peak", action="store_true", help="Do not measure the matmul peak.")
+    ap.add_argument("--profile", action="store_true", help="Also break one call of each path down by op kind.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from pipeline.ctclip.model import CTCLIP
@@ -144,30 +183,47 @@ def main() -> None:
     print("matrix work per volume: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items())
           + f"; total {total / 1e9:.0f} GFLOP")
     vol = torch.rand(1, 1, 240, 480, 480, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    results = {}
+    variants = {}
     if args.official:
         off, off_encode = official_encoder(args.official, model)
-        first, med, times, extra = time_it(lambda: off_encode(vol), args.repeats)
-        results["official"] = off_encode(vol)
-        del off
-        print(f"official code: first {first:.2f} s, median {med:.2f} s ({total / med / 1e9:.0f} GFLOP/s), "
-              f"peak RSS +{extra / 1e9:.2f} GB above the loaded models ({load()})")
-        base = med
-    else:
-        base = None
-    for prec in ("fp32", "bf16"):
-        first, med, times, extra = time_it(lambda: model.encode_ct(vol, prec), args.repeats)
-        results[prec] = model.encode_ct(vol, prec)
-        peak = peaks.get(prec)
-        line = (f"ours {prec}: first {first:.2f} s, median {med:.2f} s, {total / med / 1e9:.0f} GFLOP/s"
-                + (f" = {100 * total / med / 1e9 / peak:.0f}% of the {prec} matmul peak" if peak else "")
-                + f", peak RSS +{extra / 1e9:.2f} GB above the loaded model"
-                + (f", {base / med:.2f}x faster than official" if base else "") + f" ({load()})")
+        variants["official"] = lambda: off_encode(vol)
+    variants["fp32"] = lambda: model.encode_ct(vol, "fp32")
+    variants["bf16"] = lambda: model.encode_ct(vol, "bf16")
+    def round_peaks():
+        return {"fp32": matmul_peak(torch.float32, 1.5), "bf16": matmul_peak(torch.bfloat16, 1.5)}
+
+    res = time_rounds(variants, args.repeats, None if args.skip_peak else round_peaks)
+    rounds = res.pop("rounds")
+    for name, r in res.items():
+        prec = "fp32" if name == "official" else name
+        rate = total / r["median"] / 1e9
+        line = (f"{name:>8}: first {r['first']:.2f} s, median {r['median']:.2f} s "
+                f"({', '.join(f'{t:.2f}' for t in r['times'])}), {rate:.0f} GFLOP/s")
+        if rounds:
+            # efficiency per round: this round's rate over the matmul peak measured around it
+            eff = [total / t / 1e9 / max(a[prec], b[prec]) for t, a, b in zip(r["times"], rounds, rounds[1:])]
+            line += f" = {100 * statistics.median(eff):.0f}% of the {prec} matmul peak measured around each call"
+        line += (f", peak RSS +{r['extra'] / 1e9:.2f} GB above the loaded model(s)"
+                 f" (load {statistics.median(r['load']):.1f})")
         print(line)
-    cos = F.cosine_similarity(results["bf16"], results["fp32"]).item()
-    print(f"bf16 vs fp32 latent cosine: {cos:.5f}")
-    if "official" in results:
-        print(f"fp32 vs official latent max|diff|: {(results['fp32'] - results['official']).abs().max():.2e}")
+    if rounds:
+        for prec in ("fp32", "bf16"):
+            print(f"matmul peak {prec} per round: " + ", ".join(f"{p[prec]:.0f}" for p in rounds) + " GFLOP/s")
+    if "official" in res:
+        for name in ("fp32", "bf16"):
+            ratios = [o / t for o, t in zip(res["official"]["times"], res[name]["times"])]
+            print(f"{name} speed-up over official, median of per-round ratios: {statistics.median(ratios):.2f}x")
+    if args.profile:
+        for name, fn in variants.items():
+            print(f"{name:>8} breakdown: {time_breakdown(fn, flops, total)} ({load()})")
+            if not args.skip_peak:
+                prec = "fp32" if name == "official" else name
+                print(f"          matmul peak {prec} right after: {matmul_peak(dict(fp32=torch.float32, bf16=torch.bfloat16)[prec], 1.5):.0f} GFLOP/s")
+    latents = {name: fn() for name, fn in variants.items()}
+    print(f"bf16 vs fp32 latent cosine: {F.cosine_similarity(latents['bf16'], latents['fp32']).item():.5f}")
+    if "official" in latents:
+        print(f"fp32 vs official latent max|diff|: {(latents['fp32'] - latents['official']).abs().max():.2e}")
+        del off
     del model
 
     tiny = CTCLIP("tiny")

@@ -79,3 +79,11 @@ def test_reorient_moves_axes_and_spacing():
     assert same is hu and sp == (1.0, 2.0, 3.0)
     with pytest.raises(ValueError, match="orientation"):
         CTCLIPPreprocessConfig(orientation="LPX")
+
+
+def test_preprocess_ct_errors_name_the_file():
+    vol = CTVolume(hu=np.zeros((4, 4), np.float32), affine=np.eye(4), source="broken.nii.gz", hu_scaling="header",
+                   air_hu=None)
+    cfg = type("C", (), {"preprocess": _cfg((4, 4, 4))})()
+    with pytest.raises(ValueError, match="broken.nii.gz: expected a 3-D"):
+        preprocess_ct(vol, cfg)

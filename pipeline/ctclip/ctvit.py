@@ -34,17 +34,19 @@ class PatchEmbedding(nn.Module):
             patches = getattr(self, name)(patches)
         return patches
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """(b, c, D, H, W) -> (b, t, h, w, dim), one depth slab at a time to bound memory."""
+    def forward(self, video: torch.Tensor, slabs_per_step: int = 4) -> torch.Tensor:
+        """(b, c, D, H, W) -> (b, t, h, w, dim), a few depth slabs at a time: the patch matrix of
+        the whole volume (13,824 x 4,000 floats) is never held at once, yet each matmul stays large."""
         b, c, depth, height, width = video.shape
         pt, p = self.pt, self.p
         t, h, w = depth // pt, height // p, width // p
-        slabs = []
-        for i in range(t):
-            slab = video[:, :, i * pt:(i + 1) * pt]  # (b, c, pt, H, W)
-            slab = slab.reshape(b, c, pt, h, p, w, p).permute(0, 3, 5, 1, 2, 4, 6)
-            slabs.append(self.embed_patches(slab.reshape(b, h, w, c * pt * p * p)))
-        return torch.stack(slabs, dim=1)
+        out = []
+        for i in range(0, t, slabs_per_step):
+            n = min(slabs_per_step, t - i)
+            part = video[:, :, i * pt:(i + n) * pt].reshape(b, c, n, pt, h, p, w, p)
+            part = part.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, n, h, w, c * pt * p * p)
+            out.append(self.embed_patches(part))
+        return torch.cat(out, dim=1)
 
 
 @dataclass

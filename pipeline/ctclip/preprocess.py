@@ -87,5 +87,8 @@ def preprocess_ct(volume, cfg: CTCLIPConfig) -> torch.Tensor:
 
     Add the batch axis (``[None]``) or stack several before calling the model.
     """
-    hu, spacing = reorient(volume.hu, volume.spacing, CANONICAL_ORIENTATION, cfg.preprocess.orientation)
-    return preprocess_array(hu, spacing, cfg.preprocess)
+    try:
+        hu, spacing = reorient(volume.hu, volume.spacing, CANONICAL_ORIENTATION, cfg.preprocess.orientation)
+        return preprocess_array(hu, spacing, cfg.preprocess)
+    except ValueError as e:
+        raise ValueError(f"{volume.source}: {e}") from e

@@ -21,7 +21,6 @@ CHUNK = 2048
 # 2^-8 (output rounding), so the true best code always survives a window of
 # twice that sum.
 BF16_WINDOW = 2 * (2.0**-7 + 2.0**-8)
-BF16_CANDIDATES = 32
 
 
 class _Codebook(nn.Module):
@@ -65,13 +64,15 @@ class VectorQuantizer(nn.Module):
 
     @staticmethod
     def _search_bf16(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        approx = (x.bfloat16() @ codes.bfloat16().T).float()
-        k = min(BF16_CANDIDATES, codes.shape[0])
-        top, cand = approx.topk(k, dim=-1)
-        exact = torch.einsum("nd,nkd->nk", x, codes[cand])
-        best = cand.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
-        # Tokens with more near-best codes than candidates: score them fully in fp32.
-        crowded = top[:, -1] >= top[:, 0] - BF16_WINDOW
-        if crowded.any():
-            best[crowded] = (x[crowded] @ codes.T).argmax(dim=-1)
-        return best
+        approx = x.bfloat16() @ codes.bfloat16().T
+        best_approx = approx.max(dim=-1, keepdim=True).values
+        # Every (token, code) pair within the window of its token's best bf16 score is a
+        # candidate; the true fp32 best is always among them (see BF16_WINDOW).
+        tok, code = torch.nonzero(approx >= best_approx - BF16_WINDOW, as_tuple=True)
+        del approx
+        exact = (x[tok] * codes[code]).sum(dim=-1)
+        best = torch.full((x.shape[0],), float("-inf"), device=x.device).scatter_reduce(0, tok, exact, "amax")
+        winners = exact == best[tok]
+        # Lowest code index among exact ties, as argmax would pick.
+        index = torch.full((x.shape[0],), codes.shape[0], device=x.device, dtype=torch.long)
+        return index.scatter_reduce(0, tok[winners], code[winners], "amin")

@@ -10,7 +10,7 @@ label                                  what is painted
 =====================================  ===========================================================
 Medical material                       port, pacemaker and leads, sternotomy wires, clips, ECG
                                        electrodes: metal (> 2000 HU after the kernel)
-Arterial wall calcification            calcified plaques (~1000 HU) in the aortic wall
+Arterial wall calcification            calcified plaques (~1600 HU before partial volume) in the aortic wall
 Cardiomegaly                           heart enlarged 1.22-1.42x (anatomy: the lungs give way)
 Pericardial effusion                   6-12 mm of fluid (~13 HU) between heart and pericardium
 Coronary artery wall calcification     calcium along the LAD / LCx / RCA in the epicardial fat
@@ -24,7 +24,7 @@ Pulmonary fibrotic sequela             fibrotic bands reaching the pleura
 Pleural effusion                       fluid (~0-15 HU) layering in the posterior costophrenic recess
 Mosaic attenuation pattern             geographic lobular areas of lower and higher density
 Peribronchial thickening               bronchial walls 1.6-2.2x thicker
-Consolidation                          dense segment (~35 HU) with air bronchograms
+Consolidation                          dense segment (~45 HU) with air bronchograms
 Bronchiectasis                         dilated, non-tapering bronchi (lumen > artery), thick walls
 Interlobular septal thickening         subpleural polygonal network of thickened septa
 =====================================  ===========================================================
@@ -105,7 +105,8 @@ def emphysema(c: Canvas, chest: Chest, f: Findings, seed: int) -> None:
     rng = _rng(seed, "Emphysema")
     X, Y, Z = c.coords
     lungs = c.lungs
-    field = sample_field(_field(chest, rng, 4.0, 1.2), c.grid)
+    # destroyed lung in blobs of ~1-2 cm (clusters of affected lobules), visible even on thick slices
+    field = sample_field(_field(chest, rng, 6.0, 1.2), c.grid)
     up = np.broadcast_to(_upper_weight(chest, Z), c.hu.shape)
     if d["kind"] == "centrilobular":
         score = field + 1.6 * up
@@ -113,7 +114,7 @@ def emphysema(c: Canvas, chest: Chest, f: Findings, seed: int) -> None:
         from scipy.ndimage import distance_transform_edt
 
         edge = distance_transform_edt(lungs, sampling=c.grid.spacing)
-        score = field + 2.5 * (edge < 12.0) + 0.8 * up
+        score = field + 1.5 * (edge < 20.0) + 0.8 * up  # subpleural bullae, upper zones
     else:  # panlobular: diffuse, lower zones
         score = 0.6 * field + 1.2 * (1.0 - up)
         c.hu[lungs] -= 35.0
@@ -189,7 +190,7 @@ def consolidation(c: Canvas, chest: Chest, f: Findings, seed: int) -> None:
     level = ellipsoid_level(X, Y, Z, center, (r, r, 1.2 * r))
     tex = sample_field(field, c.grid, box)
     frac = soft_inside((1.0 - level) * r + 5.0 * tex, 4.0) * (c.lung[d["side"]][box] & lobe)
-    c.blend(frac, 35.0 + 8.0 * tex, box=box)
+    c.blend(frac, 45.0 + 6.0 * tex, box=box)
     # air bronchograms: the bronchi stay aerated inside the consolidated lung
     if c.lumen is not None:
         c.blend(frac * c.lumen[box], -950.0, box=box)
@@ -290,7 +291,7 @@ def parenchymal_after_vessels(c: Canvas, chest: Chest, f: Findings, seed: int) -
 
 
 # ---- pleura --------------------------------------------------------------------------------
-EFFUSION_SIZE = {"small": (28.0, 50.0), "moderate": (45.0, 80.0), "large": (70.0, 120.0)}  # depth, height (mm)
+EFFUSION_SIZE = {"small": (32.0, 60.0), "moderate": (45.0, 80.0), "large": (70.0, 120.0)}  # depth, height (mm)
 
 
 def pleural_effusion(c: Canvas, chest: Chest, f: Findings) -> None:
@@ -348,7 +349,7 @@ def coronary_tubes(chest: Chest, f: Findings, seed: int) -> tuple[Tubes, Tubes]:
                 i = int(rng.integers(0, max(len(pts) - 2, 1)))
                 a = pts[i] + rng.normal(0, 0.8, 3)
                 b = a + (pts[i + 1] - pts[i]) * rng.uniform(0.3, 0.8)
-                calcium += Tubes(a[None], b[None], np.array([rng.uniform(1.8, 3.0)]), np.array([rng.uniform(1.8, 3.0)]))
+                calcium += Tubes(a[None], b[None], np.array([rng.uniform(2.0, 3.2)]), np.array([rng.uniform(2.0, 3.2)]))
     return tubes, calcium
 
 
@@ -368,9 +369,10 @@ def aortic_plaques(chest: Chest, f: Findings, seed: int) -> Tubes:
         t = t / (np.linalg.norm(t) + 1e-9)
         n = np.cross(t, rng.standard_normal(3))
         n = n / (np.linalg.norm(n) + 1e-9)
-        a = line[i] + n * (radii[i] - 0.5)
-        arc = np.cross(t, n) * rng.uniform(3.0, 9.0)
-        out += Tubes(a[None], (a + arc + t * rng.uniform(0, 5.0))[None], np.array([1.6]), np.array([1.6]))
+        a = line[i] + n * (radii[i] - 1.0)
+        arc = np.cross(t, n) * rng.uniform(4.0, 12.0)
+        r = rng.uniform(1.6, 2.6)
+        out += Tubes(a[None], (a + arc + t * rng.uniform(0, 6.0))[None], np.array([r]), np.array([r]))
     return out
 
 
@@ -439,6 +441,7 @@ def medical_material(c: Canvas, chest: Chest, f: Findings) -> None:
     g = c.grid
     metal = c.metal_layer()
     s = SIDE_SIGN[d["side"]]
+    wire = max(1.0, 0.4 * g.h)  # blooming: a thin wire shows at least about a voxel wide on a real scanner
     cz, ty = chest.carina_z, chest.trachea_y
     svc = np.array([-30.0, ty - 28.0, cz])
     hc, hr, rot = chest.heart
@@ -457,21 +460,21 @@ def medical_material(c: Canvas, chest: Chest, f: Findings) -> None:
             res = ellipsoid_fraction(g, gen, (22.0, 5.0, 20.0))
             if res:
                 np.maximum(metal[res[0]], res[1], out=metal[res[0]])
-            leads = Tubes.from_polyline(np.array([gen, gen + (-s * 30, 25, 10), svc + (0, 0, 50.0), svc, ra]), 1.1)
-            leads += Tubes.from_polyline(np.array([ra, rv_apex]), 1.1)
+            leads = Tubes.from_polyline(np.array([gen, gen + (-s * 30, 25, 10), svc + (0, 0, 50.0), svc, ra]), wire)
+            leads += Tubes.from_polyline(np.array([ra, rv_apex]), wire)
             paint_tubes(g, leads, metal)
         elif kind == "sternotomy wires":
             cx, cy, rx, ry = chest.cavity
             wires = Tubes.empty()
             for z in np.linspace(chest.carina_z + 30.0, chest.dome_z("right") + 10.0, 6):
                 ring = [(13.0 * np.cos(t), cy - ry - 9.0 + 8.0 * np.sin(t), z) for t in np.linspace(0, 2 * np.pi, 9)]
-                wires += Tubes.from_polyline(np.array(ring), 0.9)
+                wires += Tubes.from_polyline(np.array(ring), wire)
             paint_tubes(g, wires, metal)
         elif kind == "surgical clips":
             clips = Tubes.empty()
             for k, name in enumerate(("subcarinal", "right hilar", "aortopulmonary window", "left hilar")):
                 a = station_center(chest, name) + (0.0, 0.0, 3.0 * k)
-                clips += Tubes(a[None], (a + (6.0, 2.0, 3.0))[None], np.array([1.0]), np.array([1.0]))
+                clips += Tubes(a[None], (a + (6.0, 2.0, 3.0))[None], np.array([wire]), np.array([wire]))
             paint_tubes(g, clips, metal)
         elif kind == "ECG electrodes":
             for x in (-0.35, 0.0, 0.45):

@@ -155,8 +155,8 @@ class Chest:
         cm = self.findings.details.get("Cardiomegaly")
         if cm:
             scale *= cm["scale"]
-        radii = np.array([0.43 * rx, 0.40 * ry + 4.0, 50.0]) * np.array([scale, scale, scale ** 0.6])
-        center = np.array([0.16 * rx * scale, cy - 0.32 * ry + 0.25 * (radii[1] - 0.4 * ry), 0.0])
+        radii = np.array([0.5 * rx, 0.42 * ry + 4.0, 50.0]) * np.array([scale, scale, scale ** 0.6])
+        center = np.array([0.14 * rx * scale, cy - 0.32 * ry + 0.25 * (radii[1] - 0.4 * ry), 0.0])
         center[2] = self.dome_z("left") + 0.55 * radii[2]
         return center, radii, self.p.heart_rot
 

@@ -138,7 +138,7 @@ def draw_details(rng: np.random.Generator, labels: list[int]) -> dict[str, dict]
     if on["Arterial wall calcification"]:
         d["Arterial wall calcification"] = {"n_plaques": int(rng.integers(3, 12)), "severity": _severity(rng)}
     if on["Cardiomegaly"]:
-        d["Cardiomegaly"] = {"scale": float(rng.uniform(1.22, 1.42))}
+        d["Cardiomegaly"] = {"scale": float(rng.uniform(1.2, 1.38))}
     if on["Pericardial effusion"]:
         d["Pericardial effusion"] = {"thickness_mm": float(rng.uniform(6.0, 12.0))}
     if on["Coronary artery wall calcification"]:

@@ -166,30 +166,37 @@ def _splat_thin(grid: Grid, tubes: Tubes, out: np.ndarray) -> None:
         return
     h = grid.h
     sp = np.asarray(grid.spacing)
+    org = np.asarray(grid.origin)
     step = 0.5 * float(sp.min())
     length = np.linalg.norm(tubes.b - tubes.a, axis=1)
-    n = np.maximum(np.ceil(length / step).astype(int), 1) + 1
+    n = np.maximum(np.ceil(length / step).astype(np.int64), 1) + 1
     seg = np.repeat(np.arange(len(tubes)), n)
-    t = np.concatenate([np.linspace(0.0, 1.0, k) for k in n])
+    first = np.cumsum(n) - n
+    t = (np.arange(len(seg)) - first[seg]) / (n[seg] - 1)
     pts = tubes.a[seg] + t[:, None] * (tubes.b[seg] - tubes.a[seg])
     r = tubes.ra[seg] + t * (tubes.rb[seg] - tubes.ra[seg])
-    centre = np.rint((pts - np.asarray(grid.origin)) / sp).astype(np.int64)
+    centre = np.rint((pts - org) / sp).astype(np.int64)
     reach = np.ceil((r[:, None] + 0.5 * h) / sp).astype(np.int64)  # voxels per axis a point can touch
-    shape = np.asarray(grid.shape)
     flat_out = out.reshape(-1)
     keys = reach[:, 0] * 10000 + reach[:, 1] * 100 + reach[:, 2]
     for key in np.unique(keys):
         sel = keys == key
         rx, ry, rz = reach[sel][0]
-        off = np.stack(np.meshgrid(np.arange(-rx, rx + 1), np.arange(-ry, ry + 1), np.arange(-rz, rz + 1),
-                                   indexing="ij"), -1).reshape(-1, 3)
-        idx = centre[sel][:, None, :] + off[None, :, :]  # (P, O, 3)
-        vox = np.asarray(grid.origin) + idx * sp
-        d = np.linalg.norm(vox - pts[sel][:, None, :], axis=2)
-        frac = _fraction(d, r[sel][:, None], h).astype(np.float32)
-        ok = np.all((idx >= 0) & (idx < shape), axis=2) & (frac > 0)
-        lin = np.ravel_multi_index(tuple(idx[ok].T), grid.shape)
-        np.maximum.at(flat_out, lin, frac[ok])
+        c, p, rr = centre[sel], pts[sel], r[sel]
+        # separable offsets: index and squared distance per axis, combined by broadcasting (P, nx, ny, nz)
+        ix = c[:, 0:1] + np.arange(-rx, rx + 1)
+        iy = c[:, 1:2] + np.arange(-ry, ry + 1)
+        iz = c[:, 2:3] + np.arange(-rz, rz + 1)
+        dx2 = (org[0] + ix * sp[0] - p[:, 0:1]) ** 2
+        dy2 = (org[1] + iy * sp[1] - p[:, 1:2]) ** 2
+        dz2 = (org[2] + iz * sp[2] - p[:, 2:3]) ** 2
+        d = np.sqrt(dx2[:, :, None, None] + dy2[:, None, :, None] + dz2[:, None, None, :])
+        frac = _fraction(d, rr[:, None, None, None], h)
+        ok = (frac > 0) & ((ix >= 0) & (ix < grid.shape[0]))[:, :, None, None] \
+            & ((iy >= 0) & (iy < grid.shape[1]))[:, None, :, None] & ((iz >= 0) & (iz < grid.shape[2]))[:, None, None, :]
+        P = np.nonzero(ok)
+        lin = (ix[P[0], P[1]] * grid.shape[1] + iy[P[0], P[2]]) * grid.shape[2] + iz[P[0], P[3]]
+        np.maximum.at(flat_out, lin, frac[ok].astype(np.float32))
 
 
 def smooth_noise_field(rng: np.random.Generator, cell_mm: float, extent_lo, extent_hi, smooth_cells: float = 1.0):
@@ -207,13 +214,29 @@ def smooth_noise_field(rng: np.random.Generator, cell_mm: float, extent_lo, exte
     return field, lo, cell_mm
 
 
-def sample_field(field_spec, grid: Grid, box=None) -> np.ndarray:
-    """Trilinear sample of a :func:`smooth_noise_field` at the grid's voxel centres (or a box of them)."""
-    from scipy.ndimage import map_coordinates
+def _linear_weights(pos: np.ndarray, n: int) -> np.ndarray:
+    """(len(pos), n) matrix of 1-D linear interpolation weights at fractional indices ``pos`` (clamped)."""
+    pos = np.clip(pos, 0.0, n - 1.0)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2) if n > 1 else np.zeros(len(pos), np.int64)
+    w = np.zeros((len(pos), n), np.float32)
+    frac = (pos - i0).astype(np.float32)
+    rows = np.arange(len(pos))
+    w[rows, i0] = 1.0 - frac
+    if n > 1:
+        w[rows, i0 + 1] += frac
+    return w
 
+
+def sample_field(field_spec, grid: Grid, box=None) -> np.ndarray:
+    """Trilinear sample of a :func:`smooth_noise_field` at the grid's voxel centres (or a box of them).
+
+    The voxel centres form an outer product of three axes, so trilinear
+    interpolation is three 1-D interpolations, each a small matrix product.
+    """
     field, lo, cell = field_spec
-    axes = [grid.axis(a) if box is None else grid.axis(a)[box[a]] for a in range(3)]
-    idx = [((ax - lo[a]) / cell).astype(np.float32) for a, ax in enumerate(axes)]
-    # separable trilinear interpolation: evaluate on the outer product of the axes
-    I, J, K = np.meshgrid(*idx, indexing="ij", sparse=False)
-    return map_coordinates(field, [I, J, K], order=1, mode="nearest").astype(np.float32)
+    out = field
+    for a in range(3):
+        ax = grid.axis(a) if box is None else grid.axis(a)[box[a]]
+        w = _linear_weights((ax - lo[a]) / cell, field.shape[a])
+        out = np.moveaxis(np.tensordot(w, out, axes=([1], [a])), 0, a)
+    return np.ascontiguousarray(out, dtype=np.float32)

@@ -111,7 +111,7 @@ def paint_heart(c: Canvas, chest: Chest, findings: Findings, seed: int) -> None:
     c.blend(paint, BLOOD)
     if len(calcium):
         cal = paint_tubes(g, calcium, np.zeros(g.shape, np.float32))
-        c.blend(cal, 1200.0)
+        c.blend(cal, 1600.0)
 
 
 def paint_great_vessels(c: Canvas, chest: Chest, findings: Findings, seed: int) -> None:
@@ -122,7 +122,7 @@ def paint_great_vessels(c: Canvas, chest: Chest, findings: Findings, seed: int) 
     c.blend(occ, BLOOD)
     plaques = ab.aortic_plaques(chest, findings, seed)
     if len(plaques):
-        c.blend(paint_tubes(g, plaques, np.zeros(g.shape, np.float32)), 1000.0)
+        c.blend(paint_tubes(g, plaques, np.zeros(g.shape, np.float32)), 1600.0)
     wall, lumen = chest.trachea_and_bronchi()
     c.blend(paint_tubes(g, wall, np.zeros(g.shape, np.float32)), 35.0)
     c.blend(paint_tubes(g, lumen, np.zeros(g.shape, np.float32)), AIR)
@@ -189,8 +189,9 @@ def paint_ribs_and_sternum(c: Canvas, chest: Chest) -> None:
 
 def render(chest: Chest, findings: Findings, trees: LungTrees, grid: Grid, scan_seed: int) -> Canvas:
     """The noise-free HU volume of ``chest`` with ``findings``, on ``grid`` (before the scanner model)."""
-    texture = smooth_noise_field(np.random.default_rng(chest.p.seed_anatomy), 4.0, (-220, -220, -20),
-                                 (220, 220, chest.p.scan_length + 20), 1.0)
+    cx, cy, rx, ry = chest.cavity
+    texture = smooth_noise_field(np.random.default_rng(chest.p.seed_anatomy), 4.0, (-rx - 8, cy - ry - 8, -8),
+                                 (rx + 8, cy + ry + 8, chest.p.scan_length + 8), 1.0)
     c = Canvas.empty(grid, AIR)
     paint_body(c, chest)
     paint_abdomen(c, chest)

@@ -19,7 +19,7 @@ from pipeline.synth.canvas import Canvas
 PADDING_HU = -2048
 HU_MIN, HU_MAX = -1024, 3071
 STORAGE_OFFSET = 1024  # 'offset' files store HU + 1024 with scl_inter = -1024
-METAL_HU = 16000.0  # effective density of metal before clipping at 3071 (partial volume keeps it > 2000)
+METAL_HU = 30000.0  # effective density of metal before clipping at 3071: a wire filling 10% of a voxel still saturates
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ def scanner_image(c: Canvas, kernel: Kernel, rng: np.random.Generator, fov_cente
     sigma = (max(kernel.psf_mm / sx, 0.45), max(kernel.psf_mm / sy, 0.45), 0.42)  # slice profile ~ one slice
     hu = gaussian_filter(c.hu, sigma, mode="nearest")
     if c.metal is not None:
-        m = gaussian_filter(c.metal, (0.5, 0.5, 0.35), mode="constant")
+        # metal blooms: it spreads into its neighbours but keeps its own voxels saturated
+        m = np.maximum(c.metal, gaussian_filter(c.metal, (0.7, 0.7, 0.5), mode="constant"))
         hu += m * (METAL_HU - hu)
     noise = rng.standard_normal(g.shape, dtype=np.float32)
     noise = gaussian_filter(noise, (kernel.noise_corr_vox, kernel.noise_corr_vox, 0.0), mode="wrap")

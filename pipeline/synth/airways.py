@@ -96,7 +96,7 @@ def _grow_side(chest: Chest, rng, side: str, starts, dirs, lobes, radius, length
         axis = _unit(np.cross(d, rng.standard_normal((n, 3))))
         ang_major = np.radians(rng.uniform(20.0, 40.0, n)) * 0.7
         ang_minor = np.radians(rng.uniform(20.0, 40.0, n)) * 1.2
-        shrink = rng.uniform(0.72, 0.88, (2, n))
+        shrink = rng.uniform(0.76, 0.92, (2, n))
         d = _unit(np.vstack([_rotate(d, axis, ang_major), _rotate(d, axis, -ang_minor)]))
         start = np.vstack([start, start])
         r = np.concatenate([r_end * 0.85, r_end * 0.70])
@@ -117,7 +117,7 @@ def _branchset(items: list[tuple], side_i: list[int]) -> BranchSet:
     )
 
 
-def grow_lung_trees(chest: Chest, seed: int, rmin: float = 0.7, max_gen: int = 8) -> LungTrees:
+def grow_lung_trees(chest: Chest, seed: int, rmin: float = 0.6, max_gen: int = 10) -> LungTrees:
     """The patient's arterial, venous and bronchial trees (deterministic from ``seed``)."""
     rng = np.random.default_rng(seed)
     arts, veins, brs, a_side, v_side, b_side = [], [], [], [], [], []
@@ -127,11 +127,11 @@ def grow_lung_trees(chest: Chest, seed: int, rmin: float = 0.7, max_gen: int = 8
         roots = _ROOTS[side]
         lobes = [LOBE_INDEX[lobe] for lobe, _ in roots]
         dirs = np.array([(s * lat, post, sup) for _, (lat, post, sup) in roots]) + 0.15 * rng.standard_normal((len(roots), 3))
-        a, b = _grow_side(chest, rng, side, np.repeat(hilum[None], len(roots), 0), dirs, lobes, 4.2, 24.0, max_gen, rmin)
+        a, b = _grow_side(chest, rng, side, np.repeat(hilum[None], len(roots), 0), dirs, lobes, 4.6, 30.0, max_gen, rmin)
         # veins drain towards the left atrium, below and in front of the hilum
         vstart = hilum + np.array([-s * 4.0, -14.0, -22.0])
         vdirs = dirs + np.array([0.0, -0.2, -0.25]) + 0.25 * rng.standard_normal(dirs.shape)
-        v, _ = _grow_side(chest, rng, side, np.repeat(vstart[None], len(roots), 0), vdirs, lobes, 3.8, 22.0,
+        v, _ = _grow_side(chest, rng, side, np.repeat(vstart[None], len(roots), 0), vdirs, lobes, 4.2, 28.0,
                           max_gen, rmin)
         arts += a
         brs += b

@@ -214,29 +214,22 @@ def smooth_noise_field(rng: np.random.Generator, cell_mm: float, extent_lo, exte
     return field, lo, cell_mm
 
 
-def _linear_weights(pos: np.ndarray, n: int) -> np.ndarray:
-    """(len(pos), n) matrix of 1-D linear interpolation weights at fractional indices ``pos`` (clamped)."""
-    pos = np.clip(pos, 0.0, n - 1.0)
-    i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2) if n > 1 else np.zeros(len(pos), np.int64)
-    w = np.zeros((len(pos), n), np.float32)
-    frac = (pos - i0).astype(np.float32)
-    rows = np.arange(len(pos))
-    w[rows, i0] = 1.0 - frac
-    if n > 1:
-        w[rows, i0 + 1] += frac
-    return w
-
-
 def sample_field(field_spec, grid: Grid, box=None) -> np.ndarray:
     """Trilinear sample of a :func:`smooth_noise_field` at the grid's voxel centres (or a box of them).
 
     The voxel centres form an outer product of three axes, so trilinear
-    interpolation is three 1-D interpolations, each a small matrix product.
+    interpolation is three 1-D linear interpolations, one axis at a time
+    (gathers, no BLAS: worker processes stay single-threaded).
     """
     field, lo, cell = field_spec
     out = field
     for a in range(3):
         ax = grid.axis(a) if box is None else grid.axis(a)[box[a]]
-        w = _linear_weights((ax - lo[a]) / cell, field.shape[a])
-        out = np.moveaxis(np.tensordot(w, out, axes=([1], [a])), 0, a)
+        n = field.shape[a]
+        pos = np.clip((ax - lo[a]) / cell, 0.0, n - 1.0)
+        i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2)
+        shape = [1, 1, 1]
+        shape[a] = len(pos)
+        frac = (pos - i0).astype(np.float32).reshape(shape)
+        out = np.take(out, i0, axis=a) * (1.0 - frac) + np.take(out, i0 + 1, axis=a) * frac
     return np.ascontiguousarray(out, dtype=np.float32)

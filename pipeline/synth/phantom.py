@@ -43,6 +43,17 @@ def paint_body(c: Canvas, chest: Chest) -> None:
     c.blend(soft_inside(depth, h), -90.0)
 
 
+def paint_table(c: Canvas, chest: Chest) -> None:
+    """The scanner couch under the supine patient: carbon-fibre shells round a foam core, curving up at the sides."""
+    X, Y, Z = c.coords
+    h = c.grid.h
+    top = chest.p.body_ry + 3.0 - 0.0006 * X * X  # the patient lies on it
+    inside_x = soft_inside(210.0 - np.abs(X), h)
+    for depth, thick, value in ((0.0, 3.0, 250.0), (3.0, 24.0, -900.0), (27.0, 3.0, 250.0)):
+        band = soft_inside(Y - top - depth, h) * soft_inside(top + depth + thick - Y, h) * inside_x
+        c.blend(np.broadcast_to(band, c.hu.shape), value)
+
+
 def paint_abdomen(c: Canvas, chest: Chest) -> None:
     """Below the diaphragm: liver, spleen, stomach (gas cap over fluid) and fat, under a muscular diaphragm."""
     X, Y, Z = c.coords
@@ -77,8 +88,7 @@ def paint_lungs(c: Canvas, chest: Chest, texture_field) -> None:
     # parenchyma: patient mean, denser towards the dependent (posterior) side, fine texture
     gravity = 35.0 * np.clip((Y - (cy - ry)) / (2 * ry), 0.0, 1.0)
     tex = 14.0 * sample_field(texture_field, c.grid)
-    c.hu[lungs] = (chest.p.lung_hu + gravity + tex)[lungs] if np.ndim(gravity) == 3 else np.broadcast_to(
-        chest.p.lung_hu + gravity + tex, c.hu.shape)[lungs]
+    c.hu[lungs] = np.broadcast_to(chest.p.lung_hu + gravity + tex, c.hu.shape)[lungs]
 
 
 def paint_trees(c: Canvas, chest: Chest, trees: LungTrees, findings: Findings) -> None:
@@ -193,6 +203,7 @@ def render(chest: Chest, findings: Findings, trees: LungTrees, grid: Grid, scan_
     texture = smooth_noise_field(np.random.default_rng(chest.p.seed_anatomy), 4.0, (-rx - 8, cy - ry - 8, -8),
                                  (rx + 8, cy + ry + 8, chest.p.scan_length + 8), 1.0)
     c = Canvas.empty(grid, AIR)
+    paint_table(c, chest)
     paint_body(c, chest)
     paint_abdomen(c, chest)
     paint_lungs(c, chest, texture)

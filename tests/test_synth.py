@@ -424,6 +424,27 @@ def test_impressions_name_exactly_the_positive_findings():
     assert len(phrasings) >= 3  # varied wording, not one template
 
 
+def test_rerun_resumes_and_keeps_finished_volumes(dataset, tmp_path):
+    import shutil
+
+    cfg, plan, vols, recs = dataset
+    copy = tmp_path / "copy"
+    shutil.copytree(cfg.out, copy)
+    p, s, r = vols[-1]
+    gone = volume_path(copy, p, s, r)
+    gone.unlink()  # as if the run had been killed while writing it
+    shutil.rmtree(copy / "metadata")
+    kept = volume_path(copy, *vols[0])
+    before = kept.stat().st_mtime_ns
+    synthesize(cfg.model_copy(update={"out": copy, "workers": 1}), progress=False)
+    assert kept.stat().st_mtime_ns == before  # not redone
+    assert gone.read_bytes() == volume_path(cfg.out, p, s, r).read_bytes()
+    for rel in ("metadata/train_metadata.csv", "metadata/validation_metadata.csv"):
+        assert (copy / rel).read_bytes() == (cfg.out / rel).read_bytes()
+    with pytest.raises(ValueError, match="not empty"):
+        synthesize(cfg.model_copy(update={"out": copy, "seed": SEED + 1}), progress=False)
+
+
 def test_cli_refuses_non_empty_folder_unless_overwrite(tmp_path):
     from typer.testing import CliRunner
 

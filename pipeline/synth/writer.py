@@ -12,8 +12,9 @@ Layout (what ``x2ct-pipeline manifest ct-rate`` reads)::
 
 Volumes are rendered one scan per task (its reconstructions share the anatomy,
 vessel trees and lesions) in a process pool; each file is written under a
-hidden temporary name and renamed when complete. Every file but the provenance
-record (which holds a timestamp) is a pure function of the config.
+hidden temporary name and renamed when complete, so a killed run loses only the
+volumes in flight and rerunning the same command finishes it. Every file but the
+provenance record (which holds a timestamp) is a pure function of the config.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from pipeline.synth.reports import write_report
 from schemas.labels import CT_RATE_LABELS
 from schemas.stages import SynthConfig
 
+MARKER = ".synth_config.json"  # the content config, written first: a rerun of the same config resumes
 OUR_ENTRIES = ("train", "valid", "radiology_text_reports", "multi_abnormality_labels", "metadata",
-               "synth_provenance.json")
+               "synth_provenance.json", MARKER)
 _REPORT_KEY = 6
 
 
@@ -94,14 +96,13 @@ def _render_scan(args: tuple[PatientPlan, ScanPlan, int, str]) -> list[str]:
     from pipeline.synth.airways import grow_lung_trees
 
     patient, scan, size, root = args
-    trees = grow_lung_trees(patient.chest(scan), patient.anatomy.seed_anatomy)
-    names = []
-    for recon in scan.recons:
+    todo = [r for r in scan.recons if not volume_path(Path(root), patient, scan, r).is_file()]  # finished: kept
+    trees = grow_lung_trees(patient.chest(scan), patient.anatomy.seed_anatomy) if todo else None
+    for recon in todo:
         hu = render_volume(patient, scan, recon, size, trees)
         grid = patient.grid(scan, recon, size)
         _write_nifti(volume_path(Path(root), patient, scan, recon), hu, affine_for(grid, scan.table_offset), recon.storage)
-        names.append(patient.volume_name(scan, recon))
-    return names
+    return [patient.volume_name(scan, r) for r in scan.recons]
 
 
 @dataclass(frozen=True)
@@ -163,14 +164,29 @@ def write_tables(root: Path, recs: list[VolumeRecord]) -> None:
                     w.writerow(row(r))
 
 
-def prepare_output(cfg: SynthConfig) -> None:
+def _marker_text(cfg: SynthConfig) -> str:
+    return json.dumps(cfg.content_fields(), sort_keys=True) + "\n"
+
+
+def prepare_output(cfg: SynthConfig) -> bool:
+    """Make ``cfg.out`` ready; True when it resumes an unfinished (or finished) run of the same config.
+
+    A folder holding a synthetic set made with the same n, size, seed and valid fraction is resumed: finished
+    volumes are kept, the rest are made. Any other non-empty folder is refused unless ``overwrite``, which
+    replaces only a synthetic set.
+    """
     out = cfg.out
     if out.exists() and not out.is_dir():
         raise SynthOutputError(f"{out}: exists and is not a folder; choose another --out")
+    marker = out / MARKER
     if out.is_dir() and any(out.iterdir()):
+        same = marker.is_file() and marker.read_text(encoding="utf-8") == _marker_text(cfg)
+        if same and not cfg.overwrite:
+            return True
         if not cfg.overwrite:
-            raise SynthOutputError(f"{out}: folder is not empty; pass --overwrite to replace a synthetic data set "
-                                   "there, or choose another --out")
+            raise SynthOutputError(f"{out}: folder is not empty (and not a synthetic set of this config, which would "
+                                   "be resumed); pass --overwrite to replace a synthetic data set there, or choose "
+                                   "another --out")
         others = sorted(p.name for p in out.iterdir() if p.name not in OUR_ENTRIES)
         if others:
             raise SynthOutputError(f"{out}: --overwrite replaces only a synthetic data set, but the folder also holds "
@@ -182,6 +198,8 @@ def prepare_output(cfg: SynthConfig) -> None:
             elif p.exists():
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(_marker_text(cfg), encoding="utf-8")
+    return False
 
 
 def write_provenance(cfg: SynthConfig) -> None:
@@ -195,7 +213,7 @@ def write_provenance(cfg: SynthConfig) -> None:
 
 
 def synthesize(cfg: SynthConfig, progress: bool = True) -> list[VolumeRecord]:
-    """Write the whole data set; returns the CSV records (one per volume)."""
+    """Write the whole data set (or finish an interrupted run); returns the CSV records (one per volume)."""
     from tqdm import tqdm
 
     prepare_output(cfg)

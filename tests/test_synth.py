@@ -251,7 +251,17 @@ def test_emphysema_and_medical_material_match_labels(dataset):
 
 
 # ---- label-anatomy consistency: one finding switched on and off in the same patient -----------------------------
+_TOGGLES: dict = {}
+
+
 def _toggle(dataset, label: str, seed: int = 0):
+    key = (str(dataset[0].out), label, seed)
+    if key not in _TOGGLES:
+        _TOGGLES[key] = _render_toggle(dataset, label, seed)
+    return _TOGGLES[key]
+
+
+def _render_toggle(dataset, label: str, seed: int = 0):
     """The thinnest-slice volume of the data set rendered with no finding and with only ``label`` (details drawn)."""
     cfg, plan, vols, recs = dataset
     p, s, r = min(vols, key=lambda v: v[2].slice_mm)
@@ -375,6 +385,54 @@ def test_toggle_calcification_near_vessels(dataset, label):
             region = (d > chest.p.aorta_radius - 6) & (d < chest.p.aorta_radius + 6)
         counts[on] = int(((hu > 300) & region).sum())
     assert counts[True] > counts[False] + 2, counts
+
+
+LUNG_LABELS = ("Emphysema", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Mosaic attenuation pattern",
+               "Peribronchial thickening", "Consolidation", "Bronchiectasis", "Interlobular septal thickening",
+               "Pleural effusion", "Atelectasis")
+
+
+@pytest.mark.parametrize("label", CT_RATE_LABELS)
+def test_every_label_changes_its_own_compartment(dataset, label):
+    """Only ``label`` switched on, same patient and same noise: the voxels that change lie where the label says."""
+    from scipy.ndimage import binary_dilation
+
+    from pipeline.synth.abnormalities import station_center
+
+    t = _toggle(dataset, label)
+    hu_off, _, grid, _ = t[False]
+    hu_on, chest, _, scan = t[True]
+    changed = np.abs(hu_on - hu_off) > 25  # the noise is the same in both: any change is the finding
+    assert changed.sum() >= 3, label
+    X, Y, Z = grid.coords()
+    shape = hu_on.shape
+    if label in LUNG_LABELS:
+        normal = _toggle(dataset, "Lymphadenopathy")[False][1]  # the chest without findings: normal lungs
+        lungs = normal.lung_mask("right", X, Y, Z) | normal.lung_mask("left", X, Y, Z)
+        where = binary_dilation(lungs, iterations=2)
+        if label == "Atelectasis":  # lobar collapse also raises the hemidiaphragm
+            where |= np.broadcast_to(Z < chest.dome_z("right") + 15, shape)
+    elif label in ("Cardiomegaly", "Pericardial effusion", "Coronary artery wall calcification"):
+        from pipeline.synth.geometry import ellipsoid_level
+
+        hc, hr, rot = chest.heart
+        where = ellipsoid_level(X, Y, Z, hc, chest.heart_sac_radii() + 2 * grid.h, rot) < 1.0
+    elif label == "Arterial wall calcification":
+        line = chest.aorta_centerline
+        d = np.min([np.sqrt((X - q[0]) ** 2 + (Y - q[1]) ** 2 + (Z - q[2]) ** 2) for q in line], axis=0)
+        where = d < chest.p.aorta_radius + 3 * grid.h
+    elif label == "Lymphadenopathy":
+        centres = [station_center(chest, n) for n in scan.findings.details[label]["stations"]]
+        d = np.min([np.sqrt((X - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z - c[2]) ** 2) for c in centres], axis=0)
+        where = d < 20.0 + 2 * grid.h
+    elif label == "Hiatal hernia":  # behind the heart, in front of the spine, just above the diaphragm
+        where = (Y > chest.heart[0][1]) & (Y < chest.spine_y) & (np.abs(Z - chest.dome_z("left") - 20) < 50)
+    else:  # medical material: chest wall, mediastinum and heart, not the lungs
+        normal = _toggle(dataset, "Lymphadenopathy")[False][1]
+        lungs = normal.lung_mask("right", X, Y, Z) | normal.lung_mask("left", X, Y, Z)
+        where = ~lungs
+    inside = np.broadcast_to(where, shape)[changed].mean()
+    assert inside > 0.85, (label, inside, int(changed.sum()))
 
 
 # ---- labels and reports ----------------------------------------------------------------------------------------

@@ -59,15 +59,22 @@ def volume_path(root: Path, patient: PatientPlan, scan: ScanPlan, recon: ReconPl
     return root / patient.split / pid / f"{pid}_{scan.scan_id}" / f"{name}.nii.gz"
 
 
+def patient_trees(patient: PatientPlan):
+    """The patient's vessel and airway trees, grown in the normal chest: the same for every scan and finding."""
+    from pipeline.synth.airways import grow_lung_trees
+    from pipeline.synth.anatomy import Chest
+
+    return grow_lung_trees(Chest(patient.anatomy), patient.anatomy.seed_anatomy)
+
+
 def render_volume(patient: PatientPlan, scan: ScanPlan, recon: ReconPlan, size: int, trees=None) -> np.ndarray:
     """The HU array (float32, LPS voxel order, padding -2048) of one reconstruction, as the scanner writes it."""
-    from pipeline.synth.airways import grow_lung_trees
     from pipeline.synth.phantom import render
     from pipeline.synth.scanner import KERNELS, scanner_image
 
     chest = patient.chest(scan)
     if trees is None:
-        trees = grow_lung_trees(chest, patient.anatomy.seed_anatomy)
+        trees = patient_trees(patient)
     grid = patient.grid(scan, recon, size)
     canvas = render(chest, scan.findings, trees, grid, scan.scan_seed)
     fov_center = (-patient.anatomy.fov_offset[0], -patient.anatomy.fov_offset[1])
@@ -93,11 +100,9 @@ def _write_nifti(path: Path, hu: np.ndarray, affine: np.ndarray, storage: str) -
 
 
 def _render_scan(args: tuple[PatientPlan, ScanPlan, int, str]) -> list[str]:
-    from pipeline.synth.airways import grow_lung_trees
-
     patient, scan, size, root = args
     todo = [r for r in scan.recons if not volume_path(Path(root), patient, scan, r).is_file()]  # finished: kept
-    trees = grow_lung_trees(patient.chest(scan), patient.anatomy.seed_anatomy) if todo else None
+    trees = patient_trees(patient) if todo else None
     for recon in todo:
         hu = render_volume(patient, scan, recon, size, trees)
         grid = patient.grid(scan, recon, size)

@@ -231,12 +231,23 @@ class Chest:
         m &= ((X - ax) ** 2 + (Y - ay) ** 2) > (self.p.aorta_radius + 3.0) ** 2
         return m
 
-    def lobe_of(self, side: str, X, Y, Z) -> np.ndarray:
-        """Lobe index per point: 0 upper, 1 middle (right only), 2 lower. Fissures as planes through the hilum."""
+    def fissure_z(self, side: str, X, Y) -> tuple:
+        """Heights of the oblique fissure and (right lung) the horizontal fissure above (X, Y).
+
+        The oblique fissure rises towards the back and the side (in an axial slice it runs from posteromedial to
+        anterolateral); the horizontal fissure lies near the hilum, tilted a little.
+        """
         h = self.hila[side]
-        oblique = h[2] + 1.1 * (Y - h[1]) + 10.0  # rises towards the back
+        lateral = SIDE_SIGN[side] * (X - h[0])
+        oblique = h[2] + 1.1 * (Y - h[1]) + 10.0 + 0.5 * lateral
+        horizontal = h[2] - 4.0 - 0.12 * lateral + 0.1 * (Y - h[1])
+        return oblique, horizontal
+
+    def lobe_of(self, side: str, X, Y, Z) -> np.ndarray:
+        """Lobe index per point: 0 upper, 1 middle (right only), 2 lower, split by the fissure surfaces."""
+        oblique, horizontal = self.fissure_z(side, X, Y)
         lower = Z < oblique
-        middle = (~lower) & (Z < h[2] - 4.0) & (Y < h[1]) if side == "right" else np.zeros_like(lower)
+        middle = (~lower) & (Z < horizontal) if side == "right" else np.zeros_like(lower)
         return np.where(lower, 2, np.where(middle, 1, 0))
 
     def random_lung_point(self, rng: np.random.Generator, side: str, lobe: str | None = None, margin: float = 0.0,

@@ -136,7 +136,9 @@ def draw_details(rng: np.random.Generator, labels: list[int]) -> dict[str, dict]
         chosen = [first] + (["central venous catheter"] if rng.random() < 0.25 else [])
         d["Medical material"] = {"kinds": chosen, "side": "right" if rng.random() < 0.6 else "left"}
     if on["Arterial wall calcification"]:
-        d["Arterial wall calcification"] = {"n_plaques": int(rng.integers(3, 12)), "severity": _severity(rng)}
+        sev = _severity(rng)
+        lo, hi = {"mild": (3, 6), "moderate": (6, 10), "marked": (10, 15)}[sev]
+        d["Arterial wall calcification"] = {"n_plaques": int(rng.integers(lo, hi)), "severity": sev}
     if on["Cardiomegaly"]:
         d["Cardiomegaly"] = {"scale": float(rng.uniform(1.2, 1.38))}
     if on["Pericardial effusion"]:
@@ -194,9 +196,19 @@ def draw_details(rng: np.random.Generator, labels: list[int]) -> dict[str, dict]
     return d
 
 
-def draw_findings(rng: np.random.Generator, latents: Latents) -> Findings:
+def draw_findings(rng: np.random.Generator, latents: Latents, previous: Findings | None = None) -> Findings:
+    """Labels from the latents and details for each positive label.
+
+    On a follow-up scan (``previous`` given) a finding present on both scans keeps its details (same side,
+    lobe, size), so the same nodule or effusion is seen again; new findings get new details.
+    """
     labels = latents.labels()
-    return Findings(labels=labels, details=draw_details(rng, labels), age_z=latents.age_z)
+    details = draw_details(rng, labels)
+    if previous is not None:
+        for name, value in zip(CT_RATE_LABELS, labels):
+            if value and name in previous.details:
+                details[name] = previous.details[name]
+    return Findings(labels=labels, details=details, age_z=latents.age_z)
 
 
 def sides_of(side: str) -> list[str]:

@@ -43,7 +43,7 @@ class ScanPlan:
     findings: Findings
     fov_mm: float
     table_offset: tuple[float, float, float]  # patient frame -> scanner LPS world (mm)
-    scan_seed: int  # lesion placement
+    scan_seed: int  # lesion placement (the patient's: persistent findings stay in place on a follow-up)
     recons: tuple[ReconPlan, ...]
 
 
@@ -80,14 +80,15 @@ def _recons(rng: np.random.Generator, cfg_seed: int, key: tuple[int, int], in_pl
     return tuple(out)
 
 
-def _scan(cfg: SynthConfig, p_index: int, s_index: int, latents: Latents) -> ScanPlan:
+def _scan(cfg: SynthConfig, p_index: int, s_index: int, latents: Latents, previous: Findings | None) -> ScanPlan:
     rng = rng_for(cfg.seed, _SCAN, p_index, s_index)
     fov = round(float(rng.uniform(360.0, 420.0)), 1)
     in_plane = fov / cfg.size
-    findings = draw_findings(rng_for(cfg.seed, _FINDINGS, p_index, s_index), latents)
+    findings = draw_findings(rng_for(cfg.seed, _FINDINGS, p_index, s_index), latents, previous)
     table = (float(rng.uniform(-10, 10)), float(rng.uniform(-40, 40)), float(rng.uniform(-450.0, -150.0)))
     return ScanPlan(scan_id="ab"[s_index], findings=findings, fov_mm=fov, table_offset=table,
-                    scan_seed=seed_for(cfg.seed, _SCAN, p_index, s_index, 99),
+                    # lesion placement is the patient's: a finding seen on both scans stays where it was
+                    scan_seed=seed_for(cfg.seed, _SCAN, p_index, 99),
                     recons=_recons(rng, cfg.seed, (p_index, s_index), in_plane))
 
 
@@ -104,7 +105,7 @@ def build_plan(cfg: SynthConfig) -> list[PatientPlan]:
         for s_index in range(n_scans):
             if s_index:
                 latents = latents.follow_up(rng_for(cfg.seed, _FINDINGS, p_index, s_index, 7))
-            scan = _scan(cfg, p_index, s_index, latents)
+            scan = _scan(cfg, p_index, s_index, latents, scans[-1].findings if scans else None)
             keep = min(len(scan.recons), cfg.n - total)
             if keep <= 0:
                 break

@@ -140,7 +140,8 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                                  f"In the {loc}, a nodule of {size} in diameter is seen."]))
             I.append(f"Pulmonary nodule in the {loc}.")
         else:
-            S.append(_pick(rng, [f"{len(nods)} nodules are observed in the lungs, the largest {size} in the {loc}.",
+            count = {2: "Two", 3: "Three", 4: "Four"}[len(nods)]
+            S.append(_pick(rng, [f"{count} nodules are observed in the lungs, the largest {size} in the {loc}.",
                                  f"Multiple pulmonary nodules, the largest measuring {size} in the {loc}."]))
             I.append("Multiple pulmonary nodules.")
         if any(n["calcified"] for n in nods):

@@ -212,6 +212,30 @@ def paint_ribs_and_sternum(c: Canvas, chest: Chest) -> None:
     c.blend(paint_tubes(g, clav, np.zeros(g.shape, np.float32)), 0.6 * CORTICAL_BONE + 0.4 * chest.p.marrow_hu)
 
 
+def paint_scapulae(c: Canvas, chest: Chest) -> None:
+    """Shoulder blades: thin bone plates on the back of the upper rib cage, narrowing to the inferior angle.
+
+    With the arms raised (as in CT-RATE) they sit posterolaterally; they matter for simulated radiographs.
+    """
+    X, Y, Z = c.coords
+    h = c.grid.h
+    cx, cy, rx, ry = chest.cavity
+    top, bottom = chest.apex_z - 5.0, chest.carina_z - 70.0
+    t = np.clip((top - Z) / (top - bottom), 0.0, 1.0)  # 0 at the top of the blade, 1 at its inferior angle
+    w = np.maximum(chest.width_profile(Z), 0.3)
+    wy = 0.35 + 0.65 * w
+    for s in (-1.0, 1.0):
+        A, B = 0.53 * rx * w + 7.0, ry * wy + 7.0  # the rib line of rib_polylines()
+        u, v = (X - s * 0.5 * rx) / A, (Y - cy) / B
+        rho = np.sqrt(u * u + v * v)
+        phi = np.arctan2(s * u, v)  # 0 at the back of the hemithorax, pi/2 at its side
+        depth = (rho - 1.0) * np.sqrt(A * B)  # mm outside the rib line
+        centre, half = 0.2 * np.pi + 0.1 * np.pi * (1 - t), 0.16 * np.pi * (1.0 - 0.8 * t)
+        plate = soft_inside(np.minimum(depth - 9.0, 14.0 - depth), h) * soft_inside((half - np.abs(phi - centre)) * B, h)
+        plate = plate * soft_inside(np.minimum(Z - bottom, top - Z), h)
+        c.blend(plate, 0.6 * CORTICAL_BONE + 0.4 * chest.p.marrow_hu)
+
+
 def render(chest: Chest, findings: Findings, trees: LungTrees, grid: Grid, scan_seed: int) -> Canvas:
     """The noise-free HU volume of ``chest`` with ``findings``, on ``grid`` (before the scanner model)."""
     cx, cy, rx, ry = chest.cavity
@@ -231,5 +255,6 @@ def render(chest: Chest, findings: Findings, trees: LungTrees, grid: Grid, scan_
     ab.mediastinal(c, chest, findings, scan_seed)
     paint_spine(c, chest)
     paint_ribs_and_sternum(c, chest)
+    paint_scapulae(c, chest)
     ab.medical_material(c, chest, findings)
     return c

@@ -409,7 +409,9 @@ def mediastinal(c: Canvas, chest: Chest, f: Findings, seed: int) -> None:
     hh = f.details.get("Hiatal hernia")
     if hh:
         R = hh["radius_mm"]
-        center = np.array([12.0, chest.spine_y - chest.p.spine_radius - 0.9 * R - 4.0, chest.dome_z("left") + 0.5 * R])
+        # in the posterior mediastinum, in front of the descending aorta (which lies on the spine), behind the heart
+        front_of_aorta = chest.spine_y - chest.p.spine_radius - 12.0 - chest.p.aorta_radius
+        center = np.array([8.0, front_of_aorta - 0.85 * R - 2.0, chest.dome_z("left") + 0.5 * R])
         radii = (R, 0.85 * R, 0.9 * R)
         res = ellipsoid_fraction(c.grid, center, radii)
         if res:

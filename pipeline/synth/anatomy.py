@@ -155,8 +155,8 @@ class Chest:
         cm = self.findings.details.get("Cardiomegaly")
         if cm:
             scale *= cm["scale"]
-        radii = np.array([0.5 * rx, 0.42 * ry + 4.0, 50.0]) * np.array([scale, scale, scale ** 0.6])
-        center = np.array([0.14 * rx * scale, cy - 0.32 * ry + 0.25 * (radii[1] - 0.4 * ry), 0.0])
+        radii = np.array([0.5 * rx, 0.38 * ry + 4.0, 50.0]) * np.array([scale, scale, scale ** 0.6])
+        center = np.array([0.14 * rx * scale, cy - 0.36 * ry + 0.25 * (radii[1] - 0.4 * ry), 0.0])
         center[2] = self.dome_z("left") + 0.55 * radii[2]
         return center, radii, self.p.heart_rot
 
@@ -250,8 +250,8 @@ class Chest:
         middle = (~lower) & (Z < horizontal) if side == "right" else np.zeros_like(lower)
         return np.where(lower, 2, np.where(middle, 1, 0))
 
-    def random_lung_point(self, rng: np.random.Generator, side: str, lobe: str | None = None, margin: float = 0.0,
-                          posterior: bool = False) -> np.ndarray:
+    def random_lung_point(self, rng: np.random.Generator, side: str, lobe: str | None = None,
+                          margin: float = 0.0) -> np.ndarray:
         """A point inside the lung of ``side`` (and ``lobe``) at least ``margin`` mm from its edge.
 
         Rejection sampling; if a small lobe cannot hold the margin, the margin is relaxed, then the lobe, so a
@@ -267,8 +267,6 @@ class Chest:
                     rng.uniform(cy - ry, cy + ry, 256),
                     rng.uniform(self.diaphragm_z(side, 0.0, cy + ry), self.apex_z, 256),
                 ])
-                if posterior:
-                    pts[:, 1] = np.abs(pts[:, 1] - cy) + cy
                 ok = self._inside_with_margin(side, pts, m)
                 if lobe_idx is not None and want_lobe:
                     ok &= self.lobe_of(side, pts[:, 0], pts[:, 1], pts[:, 2]) == lobe_idx

@@ -255,24 +255,21 @@ _TOGGLES: dict = {}
 
 
 def _toggle(dataset, label: str, seed: int = 0):
+    """The thinnest-slice volume of the data set rendered with no finding and with only ``label`` (details drawn)."""
+    return {False: _render_with(dataset, None, 0), True: _render_with(dataset, label, seed)}
+
+
+def _render_with(dataset, label, seed):
     key = (str(dataset[0].out), label, seed)
     if key not in _TOGGLES:
-        _TOGGLES[key] = _render_toggle(dataset, label, seed)
-    return _TOGGLES[key]
-
-
-def _render_toggle(dataset, label: str, seed: int = 0):
-    """The thinnest-slice volume of the data set rendered with no finding and with only ``label`` (details drawn)."""
-    cfg, plan, vols, recs = dataset
-    p, s, r = min(vols, key=lambda v: v[2].slice_mm)
-    out = {}
-    for on in (False, True):
-        labels = [int(on and n == label) for n in CT_RATE_LABELS]
+        cfg, plan, vols, recs = dataset
+        p, s, r = min(vols, key=lambda v: v[2].slice_mm)
+        labels = [int(n == label) for n in CT_RATE_LABELS]
         f = Findings(labels, draw_details(np.random.default_rng(seed), labels))
         scan = dataclasses.replace(s, findings=f)
         hu = render_volume(p, scan, r, SIZE)
-        out[on] = (np.where(hu < -1500, -1000.0, hu), p.chest(scan), p.grid(scan, r, SIZE), scan)
-    return out
+        _TOGGLES[key] = (np.where(hu < -1500, -1000.0, hu), p.chest(scan), p.grid(scan, r, SIZE), scan)
+    return _TOGGLES[key]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -423,6 +420,17 @@ def test_every_label_changes_its_own_compartment(dataset, label):
         where = ~lungs
     inside = np.broadcast_to(where, shape)[changed].mean()
     assert inside > 0.85, (label, inside, int(changed.sum()))
+
+
+def test_every_label_is_visible_whatever_its_details(dataset):
+    """No drawn detail (side, lobe, size, kind) may leave a positive label without a change in the volume."""
+    missing = []
+    for label in CT_RATE_LABELS:
+        for seed in (1, 2, 3):
+            t = _toggle(dataset, label, seed)
+            if (np.abs(t[True][0] - t[False][0]) > 25).sum() < 3:
+                missing.append((label, t[True][3].findings.details[label]))
+    assert missing == []
 
 
 # ---- labels and reports ----------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ def atelectasis(c: Canvas, chest: Chest, f: Findings, seed: int) -> None:
     if d["kind"] == "subsegmental":
         # plate-like (discoid) atelectasis: a thin, nearly horizontal band in the lower zone
         center = chest.random_lung_point(rng, side, lobe, margin=8.0)
-        radii = (rng.uniform(25.0, 40.0), rng.uniform(15.0, 25.0), 3.0)
+        radii = (rng.uniform(25.0, 40.0), rng.uniform(15.0, 25.0), 4.0)
         res = ellipsoid_fraction(c.grid, center, radii, rot_z_deg=float(rng.uniform(-30, 30)))
         if res:
             c.blend(res[1], 30.0, box=res[0], where=c.lung[side][res[0]])

@@ -56,13 +56,31 @@ def soft_inside(signed_depth: np.ndarray, h: float) -> np.ndarray:
     return np.clip(signed_depth / h + 0.5, 0.0, 1.0).astype(np.float32)
 
 
-def ellipsoid_level(X, Y, Z, center, radii, rot_z_deg: float = 0.0) -> np.ndarray:
-    """Normalised radius of an (optionally z-rotated) ellipsoid: < 1 inside, 1 on the surface."""
+def _ellipsoid_local(X, Y, Z, center, rot_z_deg: float):
     dx, dy, dz = X - center[0], Y - center[1], Z - center[2]
     if rot_z_deg:
         c, s = np.cos(np.radians(rot_z_deg)), np.sin(np.radians(rot_z_deg))
         dx, dy = c * dx + s * dy, -s * dx + c * dy
+    return dx, dy, dz
+
+
+def ellipsoid_level(X, Y, Z, center, radii, rot_z_deg: float = 0.0) -> np.ndarray:
+    """Normalised radius of an (optionally z-rotated) ellipsoid: < 1 inside, 1 on the surface."""
+    dx, dy, dz = _ellipsoid_local(X, Y, Z, center, rot_z_deg)
     return np.sqrt((dx / radii[0]) ** 2 + (dy / radii[1]) ** 2 + (dz / radii[2]) ** 2)
+
+
+def ellipsoid_depth(X, Y, Z, center, radii, rot_z_deg: float = 0.0) -> np.ndarray:
+    """Approximate signed distance (mm) inside the ellipsoid's surface, (1 - level) / |grad level|.
+
+    Exact for a sphere; for a flat or long ellipsoid it follows the short axis, so a thin plate keeps its
+    partial volume on thick slices instead of vanishing between them.
+    """
+    dx, dy, dz = _ellipsoid_local(X, Y, Z, center, rot_z_deg)
+    ux, uy, uz = dx / radii[0], dy / radii[1], dz / radii[2]
+    level = np.sqrt(ux * ux + uy * uy + uz * uz)
+    grad = np.sqrt((ux / radii[0]) ** 2 + (uy / radii[1]) ** 2 + (uz / radii[2]) ** 2)
+    return (1.0 - level) * level / np.maximum(grad, 1e-6)
 
 
 def ellipsoid_fraction(grid: Grid, center, radii, rot_z_deg: float = 0.0) -> tuple[tuple, np.ndarray] | None:
@@ -73,9 +91,7 @@ def ellipsoid_fraction(grid: Grid, center, radii, rot_z_deg: float = 0.0) -> tup
     if box is None:
         return None
     X, Y, Z = grid.sub_coords(box)
-    level = ellipsoid_level(X, Y, Z, center, radii, rot_z_deg)
-    # depth below the surface in mm, approximated with the mean radius
-    return box, soft_inside((1.0 - level) * float(np.mean(radii)), grid.h)
+    return box, soft_inside(ellipsoid_depth(X, Y, Z, center, radii, rot_z_deg), grid.h)
 
 
 def smooth_polyline(points: np.ndarray, n_per_segment: int = 4) -> np.ndarray:

@@ -110,7 +110,8 @@ class Chest:
         apex = p.scan_length - p.apex_gap
         dome = p.dome_right
         top = np.sqrt(np.clip((apex - Z) / 55.0, 0.0, 1.0))
-        return top * (0.84 + 0.16 * np.clip((apex - Z) / (apex - dome), 0.0, 1.0))
+        # convex lateral border: widening fast below the apex, then little towards the base
+        return top * (0.8 + 0.2 * np.sin(0.5 * np.pi * np.clip((apex - Z) / (apex - dome), 0.0, 1.0)))
 
     @property
     def apex_z(self) -> float:

@@ -13,6 +13,7 @@ import typer
 
 from pipeline._version import __version__
 from pipeline.manifests.cli import manifest_app
+from pipeline.synth.cli import synth
 
 app = typer.Typer(
     name="x2ct-pipeline",
@@ -39,6 +40,7 @@ def _root(
 
 
 app.add_typer(manifest_app, name="manifest")
+app.command("synth")(synth)
 
 
 def main() -> None:

@@ -45,6 +45,9 @@ def paint_body(c: Canvas, chest: Chest) -> None:
 
 def paint_table(c: Canvas, chest: Chest) -> None:
     """The scanner couch under the supine patient: carbon-fibre shells round a foam core, curving up at the sides."""
+    c = c.sub((-1e4, chest.p.body_ry - 30.0, -1e4), (1e4, 1e4, 1e4))
+    if c is None:
+        return
     X, Y, Z = c.coords
     h = c.grid.h
     top = chest.p.body_ry + 3.0 - 0.0006 * X * X  # the patient lies on it
@@ -56,8 +59,11 @@ def paint_table(c: Canvas, chest: Chest) -> None:
 
 def paint_abdomen(c: Canvas, chest: Chest) -> None:
     """Below the diaphragm: liver, spleen, stomach (gas cap over fluid) and fat, under a muscular diaphragm."""
-    X, Y, Z = c.coords
     cx, cy, rx, ry = chest.cavity
+    c = c.sub((-1e4, -1e4, -1e4), (1e4, 1e4, max(chest.dome_z("right"), chest.dome_z("left")) + 2 * c.grid.h))
+    if c is None:
+        return
+    X, Y, Z = c.coords
     h = c.grid.h
     dz = np.where(X < 0, chest.diaphragm_z("right", X, Y), chest.diaphragm_z("left", X, Y))
     inside = (((X - cx) / rx) ** 2 + ((Y - cy) / ry) ** 2) < 1.0
@@ -94,9 +100,17 @@ def paint_lungs(c: Canvas, chest: Chest, texture_field) -> None:
 
 def paint_fissures(c: Canvas, chest: Chest, thickness: float = 1.0) -> None:
     """Interlobar fissures (two layers of visceral pleura, ~1 mm): faint lines on thick slices, crisp on thin ones."""
-    X, Y, Z = c.coords
     h = c.grid.h
+    full = c
     for side in ("right", "left"):
+        mask = full.lung[side]
+        if not mask.any():
+            continue
+        box = tuple(slice(int(np.nonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0][0]),
+                          int(np.nonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0][-1]) + 1)
+                    for a in range(3))
+        c = Canvas(full.grid.sub(box), full.hu[box], {side: mask[box]})
+        X, Y, Z = c.coords
         oblique, horizontal = chest.fissure_z(side, X, Y)
         # vertical distance times the cosine of the surface's slope: the distance to the surface
         dist = np.abs(Z - oblique) / np.sqrt(1.0 + 1.1**2 + 0.5**2)
@@ -157,9 +171,12 @@ def paint_great_vessels(c: Canvas, chest: Chest, findings: Findings, seed: int) 
 
 
 def paint_spine(c: Canvas, chest: Chest) -> None:
-    X, Y, Z = c.coords
     p, h = chest.p, c.grid.h
     r, sy = p.spine_radius, chest.spine_y
+    c = c.sub((-45.0, sy - r - 2 * h, -1e4), (45.0, sy + r + 9.0 + 40.0, 1e4))
+    if c is None:
+        return
+    X, Y, Z = c.coords
     level = chest.vertebra_level(Z)
     body_depth = (1.0 - np.sqrt((X / (1.15 * r)) ** 2 + ((Y - sy) / r) ** 2)) * r
     in_body = soft_inside(body_depth, h)
@@ -182,7 +199,6 @@ def paint_spine(c: Canvas, chest: Chest) -> None:
 
 def paint_ribs_and_sternum(c: Canvas, chest: Chest) -> None:
     g = c.grid
-    X, Y, Z = c.coords
     h = g.h
     bone, marrow, cart = Tubes.empty(), Tubes.empty(), Tubes.empty()
     for pts, cart_frac in chest.rib_polylines():
@@ -198,11 +214,16 @@ def paint_ribs_and_sternum(c: Canvas, chest: Chest) -> None:
     cx, cy, rx, ry = chest.cavity
     ys = cy - ry - 9.0
     top, bottom = chest.carina_z + 45.0, chest.dome_z("right") - 5.0
-    wx = np.where(Z > chest.carina_z + 12.0, 24.0, 14.0)
-    depth = (1.0 - np.sqrt((X / wx) ** 2 + ((Y - ys) / 6.5) ** 2)) * 6.5
-    zin = soft_inside(np.minimum(Z - bottom, top - Z), h)
-    c.blend(soft_inside(depth, h) * zin, CORTICAL_BONE)
-    c.blend(soft_inside(depth - 1.8, h) * zin, chest.p.marrow_hu)
+    # the box holds the soft edge too: depth is scaled by the 6.5 mm half-thickness, so in X it reaches 24 (1 + h/13)
+    reach_x, reach_y = 24.0 * (1.0 + h / 6.5) + h, 6.5 + h
+    sc = c.sub((-reach_x, ys - reach_y, bottom - 2 * h), (reach_x, ys + reach_y, top + 2 * h))
+    if sc is not None:
+        X, Y, Z = sc.coords
+        wx = np.where(Z > chest.carina_z + 12.0, 24.0, 14.0)
+        depth = (1.0 - np.sqrt((X / wx) ** 2 + ((Y - ys) / 6.5) ** 2)) * 6.5
+        zin = soft_inside(np.minimum(Z - bottom, top - Z), h)
+        sc.blend(soft_inside(depth, h) * zin, CORTICAL_BONE)
+        sc.blend(soft_inside(depth - 1.8, h) * zin, chest.p.marrow_hu)
     # clavicles, from the manubrium out towards the shoulders
     clav = Tubes.empty()
     for s in (-1.0, 1.0):
@@ -217,10 +238,13 @@ def paint_scapulae(c: Canvas, chest: Chest) -> None:
 
     With the arms raised (as in CT-RATE) they sit posterolaterally; they matter for simulated radiographs.
     """
-    X, Y, Z = c.coords
     h = c.grid.h
     cx, cy, rx, ry = chest.cavity
     top, bottom = chest.apex_z - 5.0, chest.carina_z - 70.0
+    c = c.sub((-1e4, cy - 0.3 * ry, bottom - 2 * h), (1e4, 1e4, top + 2 * h))
+    if c is None:
+        return
+    X, Y, Z = c.coords
     t = np.clip((top - Z) / (top - bottom), 0.0, 1.0)  # 0 at the top of the blade, 1 at its inferior angle
     w = np.maximum(chest.width_profile(Z), 0.3)
     wy = 0.35 + 0.65 * w

@@ -555,3 +555,20 @@ def test_thin_tube_splatting_matches_exact_segment_distance():
     # points every half voxel along the axis: the distance error is at most a quarter voxel
     assert np.abs(exact - splat).max() < 0.2
     assert abs(exact.sum() - splat.sum()) < 0.05 * exact.sum()
+
+
+def test_sparse_blend_equals_dense_blend():
+    from pipeline.synth.canvas import Canvas
+    from pipeline.synth.geometry import Grid
+
+    rng = np.random.default_rng(0)
+    grid = Grid((16, 12, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    hu = rng.normal(-500, 300, grid.shape).astype(np.float32)
+    frac = np.where(rng.random(grid.shape) < 0.05, rng.random(grid.shape), 0.0).astype(np.float32)
+    canvas = Canvas(grid, hu.copy())
+    canvas.blend(frac, 40.0)  # sparse path: 5 % of the voxels
+    np.testing.assert_array_equal(canvas.hu, hu + frac * (np.float32(40.0) - hu))
+    sub = canvas.sub((2.0, 2.0, 2.0), (9.0, 7.0, 9.0))  # a view: painting it paints the canvas
+    sub.blend(np.ones(sub.grid.shape, np.float32), 7.0)
+    np.testing.assert_allclose(canvas.hu[2:10, 2:8, 1:5], 7.0, atol=1e-3)
+    assert sub.grid.origin == (2.0, 2.0, 2.0) and sub.grid.shape == (8, 6, 4)

@@ -384,7 +384,7 @@ def test_every_label_changes_its_own_compartment(dataset, label):
     """Only ``label`` switched on, same patient and same noise: the voxels that change lie where the label says."""
     from scipy.ndimage import binary_dilation
 
-    from pipeline.synth.abnormalities import station_center
+    from pipeline.synth.mediastinum import station_center
 
     t = _toggle(dataset, label)
     hu_off, _, grid, _ = t[False]

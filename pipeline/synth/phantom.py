@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.synth import abnormalities as ab
+from pipeline.synth import mediastinum as med
 from pipeline.synth.airways import LungTrees
 from pipeline.synth.anatomy import (AIR, BLOOD, CARTILAGE, CORTICAL_BONE, CSF, FAT, FLUID, LIVER, MUSCLE, SPLEEN,
                                     Chest)
@@ -145,7 +146,7 @@ def paint_heart(c: Canvas, chest: Chest, findings: Findings, seed: int) -> None:
         res = ellipsoid_fraction(g, hc, radii, rot)
         if res:
             c.blend(res[1], value, box=res[0])
-    coronary, calcium = ab.coronary_tubes(chest, findings, seed)
+    coronary, calcium = med.coronary_tubes(chest, findings, seed)
     paint = paint_tubes(g, coronary, np.zeros(g.shape, np.float32))
     c.blend(paint, BLOOD)
     if len(calcium):
@@ -159,7 +160,7 @@ def paint_great_vessels(c: Canvas, chest: Chest, findings: Findings, seed: int) 
     aorta = Tubes.from_polyline(line, chest.aorta_radii(len(line)))
     occ = paint_tubes(g, aorta + chest.central_vessels(), np.zeros(g.shape, np.float32))
     c.blend(occ, BLOOD)
-    plaques = ab.aortic_plaques(chest, findings, seed)
+    plaques = med.aortic_plaques(chest, findings, seed)
     if len(plaques):
         c.blend(paint_tubes(g, plaques, np.zeros(g.shape, np.float32)), 1600.0)
     wall, lumen = chest.trachea_and_bronchi()
@@ -276,9 +277,9 @@ def render(chest: Chest, findings: Findings, trees: LungTrees, grid: Grid, scan_
     ab.pleural_effusion(c, chest, findings)
     paint_heart(c, chest, findings, scan_seed)
     paint_great_vessels(c, chest, findings, scan_seed)
-    ab.mediastinal(c, chest, findings, scan_seed)
+    med.mediastinal(c, chest, findings, scan_seed)
     paint_spine(c, chest)
     paint_ribs_and_sternum(c, chest)
     paint_scapulae(c, chest)
-    ab.medical_material(c, chest, findings)
+    med.medical_material(c, chest, findings)
     return c

@@ -459,6 +459,20 @@ def test_label_prevalence_and_co_occurrence():
                 assert first.findings.details[name] == second.findings.details[name]
 
 
+def test_body_lies_inside_the_field_of_view():
+    """The scanner's circular field of view never cuts the body (padding is only ever air outside the patient)."""
+    plan = build_plan(SynthConfig(out=Path("unused"), n=2000, size=96, seed=5))
+    t = np.linspace(0.0, 2.0 * np.pi, 720)
+    c, s = np.cos(t), np.sin(t)
+    for p in plan:
+        a = p.anatomy
+        x = a.body_rx * np.sign(c) * np.abs(c) ** (2 / 2.4)  # the body's superellipse (exponent 2.4)
+        y = a.body_ry * np.sign(s) * np.abs(s) ** (2 / 2.4)
+        reach = np.sqrt((x + a.fov_offset[0]) ** 2 + (y + a.fov_offset[1]) ** 2).max()
+        for scan in p.scans:
+            assert reach < scan.fov_mm / 2.0 - 2.0, (p.index, reach, scan.fov_mm)
+
+
 KEYWORDS = {
     "Medical material": None, "Arterial wall calcification": "aorta", "Cardiomegaly": "cardiomegaly",
     "Pericardial effusion": "pericardial effusion", "Coronary artery wall calcification": "coronary",

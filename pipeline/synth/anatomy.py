@@ -59,7 +59,7 @@ def draw_anatomy(rng: np.random.Generator, age_z: float = 0.0) -> AnatomyParams:
     # the thoracic cavity first (its size varies less than the body's), then the wall around it
     cav_rx, cav_ry = float(rng.uniform(108.0, 132.0)), float(rng.uniform(70.0, 88.0))
     muscle = float(rng.uniform(8.0, 14.0))
-    fat = float(min(rng.gamma(4.0, 4.5) + 4.0, 160.0 - cav_rx - muscle - 10.0))  # the body fits a 360 mm field
+    fat = float(min(rng.gamma(4.0, 4.5) + 4.0, 155.0 - cav_rx - muscle - 10.0))  # body + offset fit a 350 mm field
     front, back = _wall(fat, muscle)
     return AnatomyParams(
         body_rx=cav_rx + fat + muscle + 10.0,

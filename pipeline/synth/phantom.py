@@ -13,12 +13,12 @@ import numpy as np
 from pipeline.synth import abnormalities as ab
 from pipeline.synth import mediastinum as med
 from pipeline.synth.airways import LungTrees
-from pipeline.synth.anatomy import (AIR, BLOOD, CARTILAGE, CORTICAL_BONE, CSF, FAT, FLUID, LIVER, MUSCLE, SPLEEN,
-                                    Chest)
+from pipeline.synth.anatomy import (AIR, BLOOD, BREAST_X, CARTILAGE, CORTICAL_BONE, CSF, FAT, FLUID, LIVER, MUSCLE,
+                                    SPLEEN, Chest)
 from pipeline.synth.canvas import Canvas
 from pipeline.synth.findings import Findings
-from pipeline.synth.geometry import (Grid, Tubes, ellipsoid_fraction, ellipsoid_level, paint_tubes, sample_field,
-                                     smooth_noise_field, soft_inside)
+from pipeline.synth.geometry import (Grid, Tubes, ellipsoid_depth, ellipsoid_fraction, ellipsoid_level, paint_tubes,
+                                     sample_field, smooth_noise_field, soft_inside)
 
 
 def _superellipse_depth(X, Y, rx, ry, n=2.4):
@@ -39,9 +39,32 @@ def paint_body(c: Canvas, chest: Chest) -> None:
     mrx = p.body_rx - p.fat
     mry = p.body_ry - 0.75 * p.fat
     c.blend(soft_inside(_superellipse_depth(X, Y - 0.15 * p.fat, mrx, mry), h), MUSCLE)
+    if p.breast_mm > 0:
+        paint_breasts(c, chest, mrx, mry)
     # the cavity: mediastinal fat by default; lungs and organs are painted into it
     depth = (1.0 - np.sqrt(((X - cx) / rx) ** 2 + ((Y - cy) / ry) ** 2)) * np.sqrt(rx * ry)
     c.blend(soft_inside(depth, h), -90.0)
+
+
+def paint_breasts(c: Canvas, chest: Chest, mrx: float, mry: float) -> None:
+    """Breasts: fat with a glandular core, in front of the pectoral muscles, at the level of the lower heart."""
+    p, h = chest.p, c.grid.h
+    z = chest.dome_z("right") + 35.0
+    for s in (-1.0, 1.0):
+        x = s * BREAST_X * p.body_rx
+        y_skin = -p.body_ry * (1.0 - BREAST_X**2.4) ** (1 / 2.4)  # the body's front at x
+        radii = (0.3 * p.body_rx, p.breast_mm + 25.0, 0.3 * p.body_rx)
+        center = (x, y_skin + 25.0, z)
+        res = ellipsoid_fraction(c.grid, center, radii)
+        if res is None:
+            continue
+        box, frac = res
+        X, Y, Z = c.grid.sub_coords(box)
+        # only in front of the muscle layer: the breast lies on the chest wall, it does not replace it
+        front = soft_inside(-_superellipse_depth(X, Y - 0.15 * p.fat, mrx, mry), h)
+        c.blend(frac * front, FAT, box=box)
+        gland = soft_inside(ellipsoid_depth(X, Y, Z, center, tuple(0.55 * r for r in radii)), h)
+        c.blend(gland * front, 20.0, box=box)
 
 
 def paint_table(c: Canvas, chest: Chest) -> None:

@@ -384,7 +384,7 @@ def test_every_label_changes_its_own_compartment(dataset, label):
     """Only ``label`` switched on, same patient and same noise: the voxels that change lie where the label says."""
     from scipy.ndimage import binary_dilation
 
-    from pipeline.synth.abnormalities import station_center
+    from pipeline.synth.mediastinum import station_center
 
     t = _toggle(dataset, label)
     hu_off, _, grid, _ = t[False]
@@ -457,6 +457,32 @@ def test_label_prevalence_and_co_occurrence():
             assert first.scan_seed == second.scan_seed
             for name in set(first.findings.positives()) & set(second.findings.positives()):
                 assert first.findings.details[name] == second.findings.details[name]
+
+
+def test_body_lies_inside_the_field_of_view(dataset):
+    """The scanner's circular field of view never cuts the patient: the outermost ring inside it is air."""
+    cfg, plan, vols, recs = dataset
+    for p, s, r in vols:
+        raw = np.asarray(nib.load(str(volume_path(cfg.out, p, s, r))).get_fdata(), np.float32)
+        inside = raw > -1500
+        from scipy.ndimage import binary_erosion
+
+        ring = inside & ~binary_erosion(inside, np.ones((3, 3, 1), bool))
+        ring[:, int(0.75 * ring.shape[1]):, :] = False  # the couch may run out of the field at the back
+        assert np.median(raw[ring]) < -950 and np.mean(raw[ring] > -500) < 0.01, p.volume_name(s, r)
+    # the same for the widest bodies of many patients, analytically (the breasts included)
+    plan = build_plan(SynthConfig(out=Path("unused"), n=2000, size=96, seed=5))
+    t = np.linspace(0.0, 2.0 * np.pi, 720)
+    c, s_ = np.cos(t), np.sin(t)
+    for p in plan:
+        a = p.anatomy
+        x = a.body_rx * np.sign(c) * np.abs(c) ** (2 / 2.4)  # the body's superellipse (exponent 2.4)
+        y = a.body_ry * np.sign(s_) * np.abs(s_) ** (2 / 2.4)
+        reach = np.sqrt((x + a.fov_offset[0]) ** 2 + (y + a.fov_offset[1]) ** 2).max()
+        bx, by = 0.45 * a.body_rx, 0.96 * a.body_ry + a.breast_mm
+        reach = max(reach, np.hypot(bx + abs(a.fov_offset[0]), by + abs(a.fov_offset[1])))
+        for scan in p.scans:
+            assert reach < scan.fov_mm / 2.0 - 2.0, (p.index, reach, scan.fov_mm)
 
 
 KEYWORDS = {
@@ -555,3 +581,20 @@ def test_thin_tube_splatting_matches_exact_segment_distance():
     # points every half voxel along the axis: the distance error is at most a quarter voxel
     assert np.abs(exact - splat).max() < 0.2
     assert abs(exact.sum() - splat.sum()) < 0.05 * exact.sum()
+
+
+def test_sparse_blend_equals_dense_blend():
+    from pipeline.synth.canvas import Canvas
+    from pipeline.synth.geometry import Grid
+
+    rng = np.random.default_rng(0)
+    grid = Grid((16, 12, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    hu = rng.normal(-500, 300, grid.shape).astype(np.float32)
+    frac = np.where(rng.random(grid.shape) < 0.05, rng.random(grid.shape), 0.0).astype(np.float32)
+    canvas = Canvas(grid, hu.copy())
+    canvas.blend(frac, 40.0)  # sparse path: 5 % of the voxels
+    np.testing.assert_array_equal(canvas.hu, hu + frac * (np.float32(40.0) - hu))
+    sub = canvas.sub((2.0, 2.0, 2.0), (9.0, 7.0, 9.0))  # a view: painting it paints the canvas
+    sub.blend(np.ones(sub.grid.shape, np.float32), 7.0)
+    np.testing.assert_allclose(canvas.hu[2:10, 2:8, 1:5], 7.0, atol=1e-3)
+    assert sub.grid.origin == (2.0, 2.0, 2.0) and sub.grid.shape == (8, 6, 4)

@@ -48,6 +48,7 @@ class AnatomyParams:
     lung_hu: float  # mean parenchymal density of this patient's lungs
     fov_offset: tuple[float, float]  # body centre minus scan field-of-view centre, X and Y
     seed_anatomy: int  # seeds the vessel trees and the lung texture (same for every scan of the patient)
+    breast_mm: float = 0.0  # anterior protrusion of the breasts (0: none, as in men)
 
 
 def _wall(fat: float, muscle: float) -> tuple[float, float]:
@@ -59,7 +60,7 @@ def draw_anatomy(rng: np.random.Generator, age_z: float = 0.0) -> AnatomyParams:
     # the thoracic cavity first (its size varies less than the body's), then the wall around it
     cav_rx, cav_ry = float(rng.uniform(108.0, 132.0)), float(rng.uniform(70.0, 88.0))
     muscle = float(rng.uniform(8.0, 14.0))
-    fat = float(min(rng.gamma(4.0, 4.5) + 4.0, 160.0 - cav_rx - muscle - 10.0))  # the body fits a 360 mm field
+    fat = float(min(rng.gamma(4.0, 4.5) + 4.0, 155.0 - cav_rx - muscle - 10.0))  # body + offset fit a 350 mm field
     front, back = _wall(fat, muscle)
     return AnatomyParams(
         body_rx=cav_rx + fat + muscle + 10.0,
@@ -81,7 +82,22 @@ def draw_anatomy(rng: np.random.Generator, age_z: float = 0.0) -> AnatomyParams:
         lung_hu=float(rng.uniform(-875.0, -840.0)),
         fov_offset=(float(np.clip(rng.normal(0.0, 5.0), -10, 10)), float(np.clip(rng.normal(-8.0, 5.0), -18, 2))),
         seed_anatomy=int(rng.integers(0, 2**31 - 1)),
+        breast_mm=_breast(rng, cav_rx + fat + muscle + 10.0, cav_ry + (front + back) / 2.0),
     )
+
+
+BREAST_X = 0.45  # breast centres at +-0.45 body_rx
+
+
+def _breast(rng: np.random.Generator, body_rx: float, body_ry: float) -> float:
+    """Breast protrusion (mm) in the ~45% of patients who are women; kept inside the smallest (350 mm) field.
+
+    The front of a breast lies at (BREAST_X body_rx, 0.96 body_ry + protrusion) from the body centre, which is
+    up to 10 mm (X) and 18 mm (Y) off the field's centre; it must stay 5 mm inside the 175 mm radius.
+    """
+    female, size = rng.random() < 0.45, float(rng.uniform(20.0, 60.0))
+    room = np.sqrt(max(170.0**2 - (BREAST_X * body_rx + 10.0) ** 2, 0.0)) - 18.0 - 0.96 * body_ry
+    return float(np.clip(size, 0.0, max(room, 0.0))) if female else 0.0
 
 
 SIDE_SIGN = {"right": -1.0, "left": 1.0}

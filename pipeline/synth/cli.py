@@ -15,7 +15,7 @@ def synth(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder to write the data set into (CT-RATE layout)."),
     n: Optional[int] = typer.Option(None, "--n", help="Number of volumes (reconstructions) (default: 64)."),
     size: Optional[int] = typer.Option(None, "--size", help="In-plane matrix size in voxels; the field of view is "
-                                       "360-420 mm, slices 1.5-3x thicker than the in-plane spacing (default: 96)."),
+                                       "350-400 mm, slices 1.5-3x thicker than the in-plane spacing (default: 96)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; same config, same bytes (default: 0)."),
     valid_fraction: Optional[float] = typer.Option(None, "--valid-fraction",
                                                    help="Share of patients in the valid split (default: 0.25)."),

@@ -46,6 +46,13 @@ class Grid:
             out.append(slice(i0, i1))
         return tuple(out)
 
+    def sub(self, box: tuple[slice, slice, slice]) -> "Grid":
+        """The grid of the voxels in ``box`` (slices with unit step)."""
+        start = [sl.indices(n)[0] for sl, n in zip(box, self.shape)]
+        stop = [sl.indices(n)[1] for sl, n in zip(box, self.shape)]
+        return Grid(tuple(b - a for a, b in zip(start, stop)), self.spacing,
+                    tuple(o + a * sp for o, a, sp in zip(self.origin, start, self.spacing)))
+
     def sub_coords(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x, y, z = (self.axis(a)[box[a]] for a in range(3))
         return x[:, None, None], y[None, :, None], z[None, None, :]

@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.synth import abnormalities as ab
+from pipeline.synth import mediastinum as med
 from pipeline.synth.airways import LungTrees
-from pipeline.synth.anatomy import (AIR, BLOOD, CARTILAGE, CORTICAL_BONE, CSF, FAT, FLUID, LIVER, MUSCLE, SPLEEN,
-                                    Chest)
+from pipeline.synth.anatomy import (AIR, BLOOD, BREAST_X, CARTILAGE, CORTICAL_BONE, CSF, FAT, FLUID, LIVER, MUSCLE,
+                                    SPLEEN, Chest)
 from pipeline.synth.canvas import Canvas
 from pipeline.synth.findings import Findings
-from pipeline.synth.geometry import (Grid, Tubes, ellipsoid_fraction, ellipsoid_level, paint_tubes, sample_field,
-                                     smooth_noise_field, soft_inside)
+from pipeline.synth.geometry import (Grid, Tubes, ellipsoid_depth, ellipsoid_fraction, ellipsoid_level, paint_tubes,
+                                     sample_field, smooth_noise_field, soft_inside)
 
 
 def _superellipse_depth(X, Y, rx, ry, n=2.4):
@@ -38,13 +39,39 @@ def paint_body(c: Canvas, chest: Chest) -> None:
     mrx = p.body_rx - p.fat
     mry = p.body_ry - 0.75 * p.fat
     c.blend(soft_inside(_superellipse_depth(X, Y - 0.15 * p.fat, mrx, mry), h), MUSCLE)
+    if p.breast_mm > 0:
+        paint_breasts(c, chest, mrx, mry)
     # the cavity: mediastinal fat by default; lungs and organs are painted into it
     depth = (1.0 - np.sqrt(((X - cx) / rx) ** 2 + ((Y - cy) / ry) ** 2)) * np.sqrt(rx * ry)
     c.blend(soft_inside(depth, h), -90.0)
 
 
+def paint_breasts(c: Canvas, chest: Chest, mrx: float, mry: float) -> None:
+    """Breasts: fat with a glandular core, in front of the pectoral muscles, at the level of the lower heart."""
+    p, h = chest.p, c.grid.h
+    z = chest.dome_z("right") + 35.0
+    for s in (-1.0, 1.0):
+        x = s * BREAST_X * p.body_rx
+        y_skin = -p.body_ry * (1.0 - BREAST_X**2.4) ** (1 / 2.4)  # the body's front at x
+        radii = (0.3 * p.body_rx, p.breast_mm + 25.0, 0.3 * p.body_rx)
+        center = (x, y_skin + 25.0, z)
+        res = ellipsoid_fraction(c.grid, center, radii)
+        if res is None:
+            continue
+        box, frac = res
+        X, Y, Z = c.grid.sub_coords(box)
+        # only in front of the muscle layer: the breast lies on the chest wall, it does not replace it
+        front = soft_inside(-_superellipse_depth(X, Y - 0.15 * p.fat, mrx, mry), h)
+        c.blend(frac * front, FAT, box=box)
+        gland = soft_inside(ellipsoid_depth(X, Y, Z, center, tuple(0.55 * r for r in radii)), h)
+        c.blend(gland * front, 20.0, box=box)
+
+
 def paint_table(c: Canvas, chest: Chest) -> None:
     """The scanner couch under the supine patient: carbon-fibre shells round a foam core, curving up at the sides."""
+    c = c.sub((-1e4, chest.p.body_ry - 30.0, -1e4), (1e4, 1e4, 1e4))
+    if c is None:
+        return
     X, Y, Z = c.coords
     h = c.grid.h
     top = chest.p.body_ry + 3.0 - 0.0006 * X * X  # the patient lies on it
@@ -56,8 +83,11 @@ def paint_table(c: Canvas, chest: Chest) -> None:
 
 def paint_abdomen(c: Canvas, chest: Chest) -> None:
     """Below the diaphragm: liver, spleen, stomach (gas cap over fluid) and fat, under a muscular diaphragm."""
-    X, Y, Z = c.coords
     cx, cy, rx, ry = chest.cavity
+    c = c.sub((-1e4, -1e4, -1e4), (1e4, 1e4, max(chest.dome_z("right"), chest.dome_z("left")) + 2 * c.grid.h))
+    if c is None:
+        return
+    X, Y, Z = c.coords
     h = c.grid.h
     dz = np.where(X < 0, chest.diaphragm_z("right", X, Y), chest.diaphragm_z("left", X, Y))
     inside = (((X - cx) / rx) ** 2 + ((Y - cy) / ry) ** 2) < 1.0
@@ -94,9 +124,17 @@ def paint_lungs(c: Canvas, chest: Chest, texture_field) -> None:
 
 def paint_fissures(c: Canvas, chest: Chest, thickness: float = 1.0) -> None:
     """Interlobar fissures (two layers of visceral pleura, ~1 mm): faint lines on thick slices, crisp on thin ones."""
-    X, Y, Z = c.coords
     h = c.grid.h
+    full = c
     for side in ("right", "left"):
+        mask = full.lung[side]
+        if not mask.any():
+            continue
+        box = tuple(slice(int(np.nonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0][0]),
+                          int(np.nonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0][-1]) + 1)
+                    for a in range(3))
+        c = Canvas(full.grid.sub(box), full.hu[box], {side: mask[box]})
+        X, Y, Z = c.coords
         oblique, horizontal = chest.fissure_z(side, X, Y)
         # vertical distance times the cosine of the surface's slope: the distance to the surface
         dist = np.abs(Z - oblique) / np.sqrt(1.0 + 1.1**2 + 0.5**2)
@@ -131,7 +169,7 @@ def paint_heart(c: Canvas, chest: Chest, findings: Findings, seed: int) -> None:
         res = ellipsoid_fraction(g, hc, radii, rot)
         if res:
             c.blend(res[1], value, box=res[0])
-    coronary, calcium = ab.coronary_tubes(chest, findings, seed)
+    coronary, calcium = med.coronary_tubes(chest, findings, seed)
     paint = paint_tubes(g, coronary, np.zeros(g.shape, np.float32))
     c.blend(paint, BLOOD)
     if len(calcium):
@@ -145,7 +183,7 @@ def paint_great_vessels(c: Canvas, chest: Chest, findings: Findings, seed: int) 
     aorta = Tubes.from_polyline(line, chest.aorta_radii(len(line)))
     occ = paint_tubes(g, aorta + chest.central_vessels(), np.zeros(g.shape, np.float32))
     c.blend(occ, BLOOD)
-    plaques = ab.aortic_plaques(chest, findings, seed)
+    plaques = med.aortic_plaques(chest, findings, seed)
     if len(plaques):
         c.blend(paint_tubes(g, plaques, np.zeros(g.shape, np.float32)), 1600.0)
     wall, lumen = chest.trachea_and_bronchi()
@@ -157,9 +195,12 @@ def paint_great_vessels(c: Canvas, chest: Chest, findings: Findings, seed: int) 
 
 
 def paint_spine(c: Canvas, chest: Chest) -> None:
-    X, Y, Z = c.coords
     p, h = chest.p, c.grid.h
     r, sy = p.spine_radius, chest.spine_y
+    c = c.sub((-45.0, sy - r - 2 * h, -1e4), (45.0, sy + r + 9.0 + 40.0, 1e4))
+    if c is None:
+        return
+    X, Y, Z = c.coords
     level = chest.vertebra_level(Z)
     body_depth = (1.0 - np.sqrt((X / (1.15 * r)) ** 2 + ((Y - sy) / r) ** 2)) * r
     in_body = soft_inside(body_depth, h)
@@ -182,7 +223,6 @@ def paint_spine(c: Canvas, chest: Chest) -> None:
 
 def paint_ribs_and_sternum(c: Canvas, chest: Chest) -> None:
     g = c.grid
-    X, Y, Z = c.coords
     h = g.h
     bone, marrow, cart = Tubes.empty(), Tubes.empty(), Tubes.empty()
     for pts, cart_frac in chest.rib_polylines():
@@ -198,11 +238,16 @@ def paint_ribs_and_sternum(c: Canvas, chest: Chest) -> None:
     cx, cy, rx, ry = chest.cavity
     ys = cy - ry - 9.0
     top, bottom = chest.carina_z + 45.0, chest.dome_z("right") - 5.0
-    wx = np.where(Z > chest.carina_z + 12.0, 24.0, 14.0)
-    depth = (1.0 - np.sqrt((X / wx) ** 2 + ((Y - ys) / 6.5) ** 2)) * 6.5
-    zin = soft_inside(np.minimum(Z - bottom, top - Z), h)
-    c.blend(soft_inside(depth, h) * zin, CORTICAL_BONE)
-    c.blend(soft_inside(depth - 1.8, h) * zin, chest.p.marrow_hu)
+    # the box holds the soft edge too: depth is scaled by the 6.5 mm half-thickness, so in X it reaches 24 (1 + h/13)
+    reach_x, reach_y = 24.0 * (1.0 + h / 6.5) + h, 6.5 + h
+    sc = c.sub((-reach_x, ys - reach_y, bottom - 2 * h), (reach_x, ys + reach_y, top + 2 * h))
+    if sc is not None:
+        X, Y, Z = sc.coords
+        wx = np.where(Z > chest.carina_z + 12.0, 24.0, 14.0)
+        depth = (1.0 - np.sqrt((X / wx) ** 2 + ((Y - ys) / 6.5) ** 2)) * 6.5
+        zin = soft_inside(np.minimum(Z - bottom, top - Z), h)
+        sc.blend(soft_inside(depth, h) * zin, CORTICAL_BONE)
+        sc.blend(soft_inside(depth - 1.8, h) * zin, chest.p.marrow_hu)
     # clavicles, from the manubrium out towards the shoulders
     clav = Tubes.empty()
     for s in (-1.0, 1.0):
@@ -217,10 +262,13 @@ def paint_scapulae(c: Canvas, chest: Chest) -> None:
 
     With the arms raised (as in CT-RATE) they sit posterolaterally; they matter for simulated radiographs.
     """
-    X, Y, Z = c.coords
     h = c.grid.h
     cx, cy, rx, ry = chest.cavity
     top, bottom = chest.apex_z - 5.0, chest.carina_z - 70.0
+    c = c.sub((-1e4, cy - 0.3 * ry, bottom - 2 * h), (1e4, 1e4, top + 2 * h))
+    if c is None:
+        return
+    X, Y, Z = c.coords
     t = np.clip((top - Z) / (top - bottom), 0.0, 1.0)  # 0 at the top of the blade, 1 at its inferior angle
     w = np.maximum(chest.width_profile(Z), 0.3)
     wy = 0.35 + 0.65 * w
@@ -252,9 +300,9 @@ def render(chest: Chest, findings: Findings, trees: LungTrees, grid: Grid, scan_
     ab.pleural_effusion(c, chest, findings)
     paint_heart(c, chest, findings, scan_seed)
     paint_great_vessels(c, chest, findings, scan_seed)
-    ab.mediastinal(c, chest, findings, scan_seed)
+    med.mediastinal(c, chest, findings, scan_seed)
     paint_spine(c, chest)
     paint_ribs_and_sternum(c, chest)
     paint_scapulae(c, chest)
-    ab.medical_material(c, chest, findings)
+    med.medical_material(c, chest, findings)
     return c

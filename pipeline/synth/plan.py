@@ -82,7 +82,7 @@ def _recons(rng: np.random.Generator, cfg_seed: int, key: tuple[int, int], in_pl
 
 def _scan(cfg: SynthConfig, p_index: int, s_index: int, latents: Latents, previous: Findings | None) -> ScanPlan:
     rng = rng_for(cfg.seed, _SCAN, p_index, s_index)
-    fov = round(float(rng.uniform(360.0, 420.0)), 1)
+    fov = round(float(rng.uniform(350.0, 400.0)), 1)
     in_plane = fov / cfg.size
     findings = draw_findings(rng_for(cfg.seed, _FINDINGS, p_index, s_index), latents, previous)
     table = (float(rng.uniform(-10, 10)), float(rng.uniform(-40, 40)), float(rng.uniform(-450.0, -150.0)))

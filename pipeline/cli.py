@@ -15,6 +15,7 @@ from pipeline._version import __version__
 from pipeline.ctclip.cli import ctclip_app
 from pipeline.embed.cli import embed_ct
 from pipeline.manifests.cli import manifest_app
+from pipeline.synth.cli import synth
 
 app = typer.Typer(
     name="x2ct-pipeline",
@@ -41,6 +42,7 @@ def _root(
 
 
 app.add_typer(manifest_app, name="manifest")
+app.command("synth")(synth)
 app.add_typer(ctclip_app, name="ctclip")
 app.command("embed-ct")(embed_ct)
 

@@ -189,14 +189,18 @@ def measure_air_hu(hu: np.ndarray, padding_below_hu: float, sample_step: int = 3
     """The air level of a chest CT: the 1st percentile of voxels that are not constant padding.
 
     Scanner padding is one constant value at the volume's minimum; it is left out
-    (any value below ``padding_below_hu`` that is the minimum). Air outside the body
+    (the minimum, when it is below ``padding_below_hu`` or holds over 0.1% of the
+    voxels). Air outside the body
     and in the airways then forms the low end of the distribution, at about -1000 HU
     in a correctly scaled volume. A strided sample keeps this cheap on 512^3 volumes.
     """
     sample = hu[::sample_step, ::sample_step, ::sample_step].ravel()
-    vmin = float(sample.min())
-    if vmin < padding_below_hu:
-        sample = sample[sample != vmin]
+    vmin = sample.min()
+    at_min = sample == vmin
+    # A constant mass at the minimum is padding (or air clamped to one value): either
+    # way it says nothing about the scaling, while noisy air around it does.
+    if vmin < padding_below_hu or at_min.mean() > 0.001:
+        sample = sample[~at_min]
     if sample.size == 0:
         return None
     return float(np.percentile(sample, 1.0))

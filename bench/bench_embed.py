@@ -74,7 +74,7 @@ def bench_decode(rows, work: Path, model: str) -> list[float]:
 
 
 def bench_model(spec, rows, work: Path, model: str) -> list[float]:
-    """encode_volumes of preprocessed volumes, one at a time, after one warm-up call."""
+    """encode_volumes of preprocessed volumes, one at a time, after 5 s of warm-up calls."""
     from pipeline.embed.model import get_model
     from pipeline.embed.work import decode_volume
     from schemas.ct import CTLoadConfig
@@ -82,7 +82,11 @@ def bench_model(spec, rows, work: Path, model: str) -> list[float]:
     m = get_model(spec)
     arrays = [decode_volume(r.volume_id, str(work / r.ct_path), {}, CTLoadConfig().model_dump(), model).array
               for r in rows[: min(len(rows), 3)]]
-    m.encode_volumes([arrays[0]])
+    t_end = time.perf_counter() + 5.0  # warm up for 5 s (at least one call): the first calls are slow
+    while True:
+        m.encode_volumes([arrays[0]])
+        if time.perf_counter() > t_end:
+            break
     times = []
     for i in range(len(rows)):
         t0 = time.perf_counter()
@@ -117,7 +121,8 @@ def main() -> None:
     ap.add_argument("--model", default="tiny", choices=["tiny", "official"])
     ap.add_argument("--n", type=int, default=24, help="volumes")
     ap.add_argument("--work", type=Path, default=Path("/tmp/embed-bench"))
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the model worker")
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
+                    help="torch threads of the model (default: the cores one decode worker leaves, as embed-ct)")
     ap.add_argument("--commit-every", type=int, default=1,
                     help="1: time the gaps between commits (steady state); more than --n: the whole loop / n")
     ap.add_argument("--batch-size", type=int, default=2, help="volumes per forward pass in the overlapped runs")

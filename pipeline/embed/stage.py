@@ -158,7 +158,9 @@ class _Runner:
         volume_bytes = 4 * np.prod(spec_shape(cfg.model))
         by_memory = min(256, int(cfg.prefetch_gib * 2**30 // volume_bytes))  # small volumes: hide task latency
         self.prefetch = cfg.prefetch or max(2 * per_batch + max(cfg.workers, 1), by_memory)
-        self.max_batches = 2 * backend.n_model  # one running and one queued per model worker
+        # Batches queued on the model workers: at least one running and one waiting each, and as many as the
+        # prefetch allows, so that task round trips (tens of ms, more on a loaded machine) never idle a model worker.
+        self.max_batches = max(2 * backend.n_model, self.prefetch // cfg.batch_size)
         self.decoding: dict = {}  # handle -> row
         self.ready: list = []  # (row, handle) decoded, waiting for a batch
         self.batches: dict = {}  # handle -> (rows, texts it embeds)

@@ -121,7 +121,7 @@ def test_inspect_command(saved, tmp_path):
     from pipeline.cli import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["ctclip", "inspect", str(saved[1]), "--config", "tiny"])
+    result = runner.invoke(app, ["ctclip", "inspect", str(saved[1]), "--model", "tiny"])
     assert result.exit_code == 0, result.output
     assert "strict load  OK" in result.output and "parts        text, visual" in result.output
     n_params = sum(p.numel() for p in saved[0].text_transformer.parameters())

@@ -182,3 +182,21 @@ def test_wrong_volume_shape_is_refused_before_work(model):
         model.encode_ct(torch.zeros(1, 1, 16, 32, 30))
     with pytest.raises(ValueError, match="precision"):
         model.encode_ct(tiny_volume(model), precision="fp16")
+
+
+def test_bf16_search_handles_tokens_that_tie_with_every_code(model):
+    vq = model.visual_transformer.vq
+    tokens = torch.randn(300, model.cfg.visual.dim)
+    tokens[::3] = 0.0  # a constant region gives zero tokens after the final LayerNorm: all codes tie
+    assert torch.equal(vq(tokens, fast_bf16=True)[1], vq(tokens)[1])
+    assert (vq(tokens)[1][::3] == 0).all()  # argmax of all-equal scores: the first code, as the official
+
+
+def test_bf16_search_falls_back_to_fp32_for_crowded_tokens():
+    from pipeline.ctclip.quantizer import MAX_CANDIDATES, VectorQuantizer
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 4 * MAX_CANDIDATES)
+    tokens = torch.randn(200, 16)
+    tokens[:50] = 0.0  # ties with all 256 codes: more than MAX_CANDIDATES candidates
+    assert torch.equal(vq(tokens, fast_bf16=True)[1], vq(tokens)[1])

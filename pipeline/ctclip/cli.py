@@ -16,13 +16,13 @@ ctclip_app = typer.Typer(help="CT-CLIP (the frozen CT/report teacher): checkpoin
 @friendly_errors
 def inspect(
     ckpt: Path = typer.Argument(..., help="CT-CLIP checkpoint (state dict .pt), e.g. CT-CLIP_v2.pt."),
-    config: str = typer.Option("official", help="Model config name or JSON path to check keys against (default: official)."),
+    model: str = typer.Option("official", help="CT-CLIP model config (name or JSON path) to check keys against (default: official)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Parameter counts per part, temperature, which parts are present, and whether it loads strictly."""
     from pipeline.ctclip.inspect_ckpt import format_summary, inspect_checkpoint
 
-    summary = inspect_checkpoint(ckpt, config)
+    summary = inspect_checkpoint(ckpt, model)
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
     if summary["missing"] or summary["unexpected"] or summary["shape_mismatch"] or not summary["parts"]:
         raise typer.Exit(code=1)

@@ -21,6 +21,7 @@ CHUNK = 2048
 # 2^-8 (output rounding), so the true best code always survives a window of
 # twice that sum.
 BF16_WINDOW = 2 * (2.0**-7 + 2.0**-8)
+MAX_CANDIDATES = 64
 
 
 class _Codebook(nn.Module):
@@ -65,14 +66,20 @@ class VectorQuantizer(nn.Module):
     @staticmethod
     def _search_bf16(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         approx = x.bfloat16() @ codes.bfloat16().T
-        best_approx = approx.max(dim=-1, keepdim=True).values
         # Every (token, code) pair within the window of its token's best bf16 score is a
         # candidate; the true fp32 best is always among them (see BF16_WINDOW).
-        tok, code = torch.nonzero(approx >= best_approx - BF16_WINDOW, as_tuple=True)
+        near = approx >= approx.max(dim=-1, keepdim=True).values - BF16_WINDOW
         del approx
+        # Tokens with many near-best codes (a zero token ties with every code) are scored in full.
+        crowded = near.sum(dim=-1) > MAX_CANDIDATES
+        near[crowded] = False
+        tok, code = torch.nonzero(near, as_tuple=True)
         exact = (x[tok] * codes[code]).sum(dim=-1)
         best = torch.full((x.shape[0],), float("-inf"), device=x.device).scatter_reduce(0, tok, exact, "amax")
         winners = exact == best[tok]
         # Lowest code index among exact ties, as argmax would pick.
         index = torch.full((x.shape[0],), codes.shape[0], device=x.device, dtype=torch.long)
-        return index.scatter_reduce(0, tok[winners], code[winners], "amin")
+        index = index.scatter_reduce(0, tok[winners], code[winners], "amin")
+        if crowded.any():
+            index[crowded] = (x[crowded] @ codes.T).argmax(dim=-1)
+        return index

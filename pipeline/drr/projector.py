@@ -36,9 +36,6 @@ import torch
 
 from pipeline.drr.geometry import ProjectionPlan
 
-# CSR x dense is stable for this use (MKL on CPU, cuSPARSE on CUDA); torch still labels it beta.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-
 VoxelTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -99,8 +96,10 @@ def project(
         w_hi = frac_v[n0 : n0 + b].T
         vals = torch.stack([1.0 - w_hi, w_hi], dim=-1).reshape(height, 2 * b)
         crow = torch.arange(0, height * 2 * b + 1, 2 * b, device=dev)
-        weights = torch.sparse_csr_tensor(crow, cols.reshape(-1), vals.reshape(-1), size=(height, b * (n_v + 2)),
-                                          check_invariants=False)
+        with warnings.catch_warnings():  # CSR x dense (MKL, cuSPARSE) is solid here; torch still calls it beta
+            warnings.simplefilter("ignore")
+            weights = torch.sparse_csr_tensor(crow, cols.reshape(-1), vals.reshape(-1),
+                                              size=(height, b * (n_v + 2)), check_invariants=False)
         image += torch.sparse.mm(weights, resampled[:b].view(b * (n_v + 2), width))
 
     return image.mul_(torch.as_tensor(plan.ray_weight, dtype=torch.float32, device=dev))

@@ -122,11 +122,20 @@ def read_status(group: zarr.Group) -> np.ndarray:
 def write_item(path: str, index: int, images: np.ndarray, line_integrals: np.ndarray | None) -> None:
     """A finished item: its shard(s), then its error chunk cleared, then status = done (last)."""
     group = zarr.open_group(path, mode="r+")
-    group["images"][index] = images
+    _replace_item(group["images"], index, images)
     if line_integrals is not None and "line_integrals" in group:
-        group["line_integrals"][index] = line_integrals.astype(np.float16)
+        _replace_item(group["line_integrals"], index, line_integrals.astype(np.float16))
     group["errors"][index] = ""
     group["status"][index] = ItemStatus.DONE
+
+
+def _replace_item(array: zarr.Array, index: int, value: np.ndarray) -> None:
+    """Write an item's whole shard. Zarr merges a shard write into the existing shard file; a
+    file left corrupt by a killed run would then fail to decode forever, so delete it first
+    (the item's status is not 'done', so nothing finished is lost)."""
+    key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+    array.store_path.store.delete_sync(f"{array.path}/{key}")
+    array[index] = value
 
 
 def write_failure(path: str, index: int, reason: str) -> None:

@@ -14,6 +14,7 @@ import typer
 from pipeline._version import __version__
 from pipeline.drr.cli import preview, simulate_drr
 from pipeline.manifests.cli import manifest_app
+from pipeline.synth.cli import synth
 
 app = typer.Typer(
     name="x2ct-pipeline",
@@ -40,6 +41,7 @@ def _root(
 
 
 app.add_typer(manifest_app, name="manifest")
+app.command("synth")(synth)
 app.command("simulate-drr")(simulate_drr)
 app.command("preview")(preview)
 

@@ -43,3 +43,9 @@ class SynthConfig(_Config):
     size: int = Field(default=96, ge=32, le=512, description="In-plane matrix size (voxels); slices scale with it.")
     seed: int = Field(default=0, description="Random seed; the output is a pure function of the config.")
     valid_fraction: float = Field(default=0.25, ge=0.0, lt=1.0, description="Share of patients in the valid split.")
+    workers: int = Field(default=2, ge=1, le=64, description="Processes rendering volumes (does not change the output).")
+    overwrite: bool = Field(default=False, description="Replace the data set in a non-empty output folder.")
+
+    def content_fields(self) -> dict:
+        """The fields that decide the output's bytes (not where it goes or how fast it is made)."""
+        return {k: getattr(self, k) for k in ("n", "size", "seed", "valid_fraction")}

@@ -59,7 +59,8 @@ def simulate_drr(
     }
     cfg = build_config(SimulateDRRConfig, config, overrides)
     summary = run_stage(cfg, echo=typer.echo)
-    typer.echo(f"{summary.done} rendered, {summary.failed} failed in this run; "
+    typer.echo(f"{summary.done} rendered, {summary.failed} failed in this run ({summary.seconds:.1f} s, "
+               f"peak worker memory {summary.max_worker_rss_mb:.0f} MB); "
                f"{len(summary.failures)} failed items recorded in {cfg.out}/errors")
     for vid, reason in summary.failures[:10]:
         typer.echo(f"  {vid}: {reason}", err=True)

@@ -61,6 +61,7 @@ class ProjectionPlan:
     pos_v: np.ndarray  # (n_planes, H) float64
     ray_weight: np.ndarray  # (H, W) float64
     beam_extent_mm: float  # volume thickness along the beam (mean-hu divides by it)
+    parallel: bool = False  # every plane maps to the detector alike (parallel beam)
 
 
 def _check_axis_aligned(affine: np.ndarray, shape, tol_voxels: float = 0.05) -> bool:
@@ -110,6 +111,7 @@ def plan_projection(shape, affine: np.ndarray, view: View, geo: GeometryConfig) 
         pos_v=crossings(v_ax, v_sign),
         ray_weight=ray_len * abs(diag[b_ax]),
         beam_extent_mm=n_planes * abs(diag[b_ax]),
+        parallel=geo.projection == "parallel",
     )
 
 

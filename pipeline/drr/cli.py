@@ -17,7 +17,7 @@ CONFIG = typer.Option(None, "--config", help="YAML or JSON file with these optio
 def simulate_drr(
     manifest: Optional[Path] = typer.Option(None, help="Manifest (JSON Lines) of the CT volumes."),
     out: Optional[Path] = typer.Option(None, help="Zarr v3 store (folder) to create or continue."),
-    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: cores / 2, at least 1)."),
+    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: one per core, at most one per 3 GB of memory)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler, e.g. tcp://host:8786 (default: local cluster)."),
     views: Optional[str] = typer.Option(None, help="Comma-separated views out of pa, ap, lateral (default: pa)."),
     size: Optional[int] = typer.Option(None, help="Detector pixels per side (default: 512)."),

@@ -85,6 +85,15 @@ def _provenance(cfg: SimulateDRRConfig, manifest_sha: str) -> Provenance:
                       config_sha256=cfg.content_sha256(), manifest_sha256=manifest_sha)
 
 
+def default_workers(cores: int) -> int:
+    """One single-threaded worker per core, as memory allows (about 3 GB per worker for a
+    512x512x300 volume in flight). Inflating gzip is single-threaded, so processes beat
+    threads; and two torch threads competing for one core stall each other at every barrier."""
+    import psutil
+
+    return max(1, min(cores, int(psutil.virtual_memory().total / 3e9)))
+
+
 def _cluster(cfg: SimulateDRRConfig):
     """(client, threads per task, closer). A local cluster is sized to the machine."""
     from distributed import Client, LocalCluster
@@ -93,7 +102,7 @@ def _cluster(cfg: SimulateDRRConfig):
     if cfg.scheduler is not None:
         client = Client(cfg.scheduler)
         return client, cfg.threads_per_worker or 1, client.close
-    workers = cfg.workers or max(1, cores // 2)
+    workers = cfg.workers or default_workers(cores)
     threads = cfg.threads_per_worker or max(1, cores // workers)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=":0", silence_logs=40)

@@ -128,6 +128,10 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
 
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)
+    if not rows:
+        from pipeline.config_file import ConfigError
+
+        raise ConfigError(f"manifest {cfg.manifest} has no rows; nothing to render")
     sha = manifest_sha256(cfg.manifest)
     layout = DRRStoreLayout(n_items=len(rows), views=cfg.render.views, size=cfg.render.geometry.size,
                             line_integrals=cfg.line_integrals)

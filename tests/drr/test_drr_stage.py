@@ -156,3 +156,30 @@ def test_sigkill_loses_only_items_in_flight(tmp_path, client):
     images = np.asarray(zarr.open_group(str(out), mode="r")["images"][:])
     expected = render_volume(*(lambda c: (c.hu, c.affine))(load_ct(ct)), cfg.render).images
     assert all(np.array_equal(images[n], expected) for n in range(40))
+
+
+def test_runs_on_an_existing_scheduler(tiny_set):
+    from distributed import LocalCluster
+
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        lines = []
+        cfg = _cfg(tiny_set, tiny_set.parent / "remote.zarr", scheduler=cluster.scheduler_address, limit=2)
+        summary = run_stage(cfg, echo=lines.append)
+    assert summary.done == 2
+    assert any(line.startswith("Dask dashboard") for line in lines)
+
+
+def test_cli_refuses_a_changed_config_with_a_clear_message(tiny_set, client):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tiny_set.parent / "cli.zarr"
+    run_stage(_cfg(tiny_set, out, limit=1), client=client, echo=lambda *_: None)
+    cfg_file = tiny_set.parent / "cfg.yaml"
+    cfg_file.write_text("render:\n  views: [pa, lateral]\n  geometry: {size: 48, detector_mm: 140.0, sid_mm: 500.0, sod_mm: 400.0}\n"
+                        "line_integrals: true\n")
+    result = CliRunner().invoke(app, ["simulate-drr", "--manifest", str(tiny_set), "--out", str(out),
+                                      "--config", str(cfg_file), "--size", "32"])
+    assert result.exit_code == 2
+    assert "render.geometry.size: store 48, now 32" in result.output and "--overwrite" in result.output

@@ -11,6 +11,9 @@ is started (its start-up is reported apart) and used for:
   air check) and does nothing else;
 * the stage itself (``run_stage``) into a fresh store: parallel-beam PA 512, then cone-beam
   PA + lateral 512.
+
+Floor and stage runs are interleaved --repeats times and medians reported, so that a load
+change on a shared machine hits both alike.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,6 +53,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--out", type=Path, default=Path("out/bench"))
     p.add_argument("--workers", default="1,2")
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
     from distributed import Client, LocalCluster
@@ -79,16 +85,24 @@ def main() -> None:
         entry = {"cluster_start_s": time.perf_counter() - t, "torch_threads_per_task": threads}
         client.run(lambda: __import__("pipeline.drr.stage"))  # imports warm in every worker
         _floor(client, [rows[0]["ct_path"]] * workers)  # warm-up: page cache, imports
-        entry["floor_s"], entry["floor_peak_rss_mb"] = _floor(client, [r["ct_path"] for r in rows])
-        for name, render in runs.items():
-            cfg = SimulateDRRConfig(manifest=manifest, out=work / f"{name}_{workers}.zarr", render=render,
-                                    threads_per_worker=threads)
-            summary = run_stage(cfg, client=client, echo=lambda *_: None)
-            assert summary.done == args.n, summary
-            entry[f"{name}_s"] = summary.seconds
-            entry[f"{name}_over_floor"] = summary.seconds / entry["floor_s"] - 1.0
-            entry[f"{name}_volumes_per_s"] = args.n / summary.seconds
-            entry[f"{name}_peak_worker_rss_mb"] = summary.max_worker_rss_mb
+        times: dict[str, list[float]] = {"floor": [], **{name: [] for name in runs}}
+        for rep in range(args.repeats):
+            seconds, entry["floor_peak_rss_mb"] = _floor(client, [r["ct_path"] for r in rows])
+            times["floor"].append(seconds)
+            for name, render in runs.items():
+                cfg = SimulateDRRConfig(manifest=manifest, out=work / f"{name}_{workers}.zarr", render=render,
+                                        threads_per_worker=threads, overwrite=True)
+                summary = run_stage(cfg, client=client, echo=lambda *_: None)
+                assert summary.done == args.n, summary
+                times[name].append(summary.seconds)
+                entry[f"{name}_peak_worker_rss_mb"] = summary.max_worker_rss_mb
+        entry["times"] = times
+        entry["floor_s"] = float(np.median(times["floor"]))
+        for name in runs:
+            med = float(np.median(times[name]))
+            entry[f"{name}_s"] = med
+            entry[f"{name}_over_floor"] = med / entry["floor_s"] - 1.0
+            entry[f"{name}_volumes_per_s"] = args.n / med
         client.close()
         cluster.close()
         results[f"workers_{workers}"] = entry

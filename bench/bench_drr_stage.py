@@ -13,7 +13,10 @@ is started (its start-up is reported apart) and used for:
   PA + lateral 512.
 
 Floor and stage runs are interleaved --repeats times and medians reported, so that a load
-change on a shared machine hits both alike.
+change on a shared machine hits both alike. CPU seconds per volume are reported as well
+(``time.process_time`` inside each task: its CT load, and its whole work), which a busy
+machine disturbs far less than wall time; ``*_cpu_over_load`` is the stage's cost over the
+floor measured inside the same tasks.
 """
 
 from __future__ import annotations
@@ -31,20 +34,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _load_only(path: str) -> float:
+def _load_only(path: str) -> tuple[float, float]:
     import resource
 
     from pipeline.ct_io import load_ct
 
+    c0 = time.process_time()
     load_ct(path)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, time.process_time() - c0
 
 
-def _floor(client, paths) -> tuple[float, float]:
+def _floor(client, paths) -> tuple[float, float, list[float]]:
     t = time.perf_counter()
     futures = client.map(_load_only, paths, pure=False)
-    peaks = client.gather(futures)
-    return time.perf_counter() - t, max(peaks)
+    out = client.gather(futures)
+    return time.perf_counter() - t, max(o[0] for o in out), [o[1] for o in out]
 
 
 def main() -> None:
@@ -86,15 +90,19 @@ def main() -> None:
         client.run(lambda: __import__("pipeline.drr.stage"))  # imports warm in every worker
         _floor(client, [rows[0]["ct_path"]] * workers)  # warm-up: page cache, imports
         times: dict[str, list[float]] = {"floor": [], **{name: [] for name in runs}}
+        cpu: dict[str, list[float]] = {"floor": [], **{name: [] for name in runs}, **{f"{n}_load": [] for n in runs}}
         for rep in range(args.repeats):
-            seconds, entry["floor_peak_rss_mb"] = _floor(client, [r["ct_path"] for r in rows])
+            seconds, entry["floor_peak_rss_mb"], floor_cpu = _floor(client, [r["ct_path"] for r in rows])
             times["floor"].append(seconds)
+            cpu["floor"] += floor_cpu
             for name, render in runs.items():
                 cfg = SimulateDRRConfig(manifest=manifest, out=work / f"{name}_{workers}.zarr", render=render,
                                         threads_per_worker=threads, overwrite=True)
                 summary = run_stage(cfg, client=client, echo=lambda *_: None)
                 assert summary.done == args.n, summary
                 times[name].append(summary.seconds)
+                cpu[name] += [it.cpu_seconds for it in summary.items]
+                cpu[f"{name}_load"] += [it.cpu_load_seconds for it in summary.items]
                 entry[f"{name}_peak_worker_rss_mb"] = summary.max_worker_rss_mb
         entry["times"] = times
         entry["floor_s"] = float(np.median(times["floor"]))
@@ -103,6 +111,11 @@ def main() -> None:
             entry[f"{name}_s"] = med
             entry[f"{name}_over_floor"] = med / entry["floor_s"] - 1.0
             entry[f"{name}_volumes_per_s"] = args.n / med
+            # CPU seconds per volume: the task's own load vs. its whole work (same process)
+            entry[f"{name}_cpu_per_volume_s"] = float(np.median(cpu[name]))
+            entry[f"{name}_cpu_load_per_volume_s"] = float(np.median(cpu[f"{name}_load"]))
+            entry[f"{name}_cpu_over_load"] = float(np.median(np.divide(cpu[name], cpu[f"{name}_load"]))) - 1.0
+        entry["floor_cpu_per_volume_s"] = float(np.median(cpu["floor"]))
         client.close()
         cluster.close()
         results[f"workers_{workers}"] = entry

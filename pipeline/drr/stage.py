@@ -30,6 +30,8 @@ class ItemResult:
     seconds: float = 0.0
     load_seconds: float = 0.0
     peak_rss_mb: float = 0.0  # of the worker process so far (high-water mark)
+    cpu_seconds: float = 0.0  # CPU time of the task (all its threads): robust to a busy machine
+    cpu_load_seconds: float = 0.0  # of which reading and decoding the CT
 
 
 @dataclass
@@ -42,6 +44,7 @@ class StageSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     max_worker_rss_mb: float = 0.0
+    items: list[ItemResult] = field(default_factory=list)  # this run's results, in completion order
 
 
 def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_json: str,
@@ -57,11 +60,11 @@ def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_js
     torch.set_num_threads(threads)
     cfg = SimulateDRRConfig.model_validate_json(cfg_json)
     row = ManifestRow.model_validate_json(row_json)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         ct = load_ct(row.resolved_ct_path(Path(manifest_dir)), cfg.ct, spacing=row.spacing,
                      orientation=row.orientation, slope=row.slope, intercept=row.intercept)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         out = render_volume(ct.hu, ct.affine, cfg.render, resolve_device(cfg.device), row.volume_id)
         del ct
         write_item(store, index, out.images, out.line_integrals if cfg.line_integrals else None)
@@ -69,7 +72,8 @@ def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_js
         reason = f"{type(e).__name__}: {e}"
         write_failure(store, index, reason)
         return ItemResult(index, row.volume_id, False, reason, time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
-    return ItemResult(index, row.volume_id, True, "", time.perf_counter() - t0, t1 - t0, _peak_rss_mb())
+    return ItemResult(index, row.volume_id, True, "", time.perf_counter() - t0, t1 - t0, _peak_rss_mb(),
+                      time.process_time() - c0, c1 - c0)
 
 
 def _peak_rss_mb() -> float:
@@ -193,6 +197,7 @@ def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqd
             write_failure(store, i, res.reason)
         in_flight.discard(fut)
         summary.max_worker_rss_mb = max(summary.max_worker_rss_mb, res.peak_rss_mb)
+        summary.items.append(res)
         bar.update(1)
         if res.ok:
             summary.done += 1

@@ -161,7 +161,7 @@ def test_sigkill_loses_only_items_in_flight(tmp_path, client):
 def test_runs_on_an_existing_scheduler(tiny_set):
     from distributed import LocalCluster
 
-    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
         lines = []
         cfg = _cfg(tiny_set, tiny_set.parent / "remote.zarr", scheduler=cluster.scheduler_address, limit=2)
         summary = run_stage(cfg, echo=lines.append)

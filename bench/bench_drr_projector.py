@@ -62,12 +62,19 @@ def make_volume(ct: str, out: Path) -> Path:
     return target
 
 
-def _median(fn, repeats):
-    times = []
+CPU_TIMES: dict[str, float] = {}  # label -> median CPU seconds (all threads) of the last _median
+
+
+def _median(fn, repeats, label=""):
+    """Median wall seconds, all wall times, last output; the median CPU seconds go to CPU_TIMES
+    (with one thread, CPU time is what a busy shared machine disturbs least)."""
+    times, cpus = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    CPU_TIMES[label] = float(np.median(cpus))
     return float(np.median(times)), [round(x, 4) for x in times], out
 
 
@@ -124,16 +131,17 @@ def main() -> None:
         for view in ("pa", "lateral"):
             plan = plan_projection(hu.shape, ct.affine, view, GeometryConfig(projection=projection))
             project(hu, plan, transform)  # warm-up
-            med, times, img = _median(lambda: project(hu, plan, transform), args.repeats)
+            med, times, img = _median(lambda: project(hu, plan, transform), args.repeats, f"{projection}_{view}")
             res[f"{projection}_{view}_s"], res[f"{projection}_{view}_times"] = med, times
             if projection == "cone" and view == "pa":
                 ours = img
     plan = plan_projection(hu.shape, ct.affine, "pa", GeometryConfig(projection="cone"))
-    med, times, base = _median(lambda: baseline_joseph(hu, plan, transform), max(1, args.repeats // 3))
+    med, times, base = _median(lambda: baseline_joseph(hu, plan, transform), max(1, args.repeats // 3), "baseline_cone_pa")
     res["baseline_cone_pa_s"], res["baseline_cone_pa_times"] = med, times
     res["speedup_cone_pa_vs_baseline"] = med / res["cone_pa_s"]
     res["max_abs_diff_vs_baseline"] = float((ours - base).abs().max())
     res["max_line_integral"] = float(base.max())
+    res["cpu_s"] = CPU_TIMES
     res["load_after"] = os.getloadavg()
     (args.out / "drr_projector.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

@@ -85,3 +85,15 @@ def test_render_volume_is_deterministic_with_noise_and_clahe():
     np.testing.assert_array_equal(a.images, b.images)
     assert a.images.dtype == np.uint16 and a.images.shape == (2, 32, 32)
     assert a.images.max() > 60000 and a.images.min() < 5000
+
+
+def test_device_choice():
+    from pipeline.drr.render import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        import pytest
+
+        with pytest.raises(RuntimeError, match="--device cpu"):
+            resolve_device("cuda")

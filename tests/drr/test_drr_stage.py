@@ -183,3 +183,21 @@ def test_cli_refuses_a_changed_config_with_a_clear_message(tiny_set, client):
                                       "--config", str(cfg_file), "--size", "32"])
     assert result.exit_code == 2
     assert "render.geometry.size: store 48, now 32" in result.output and "--overwrite" in result.output
+
+
+def test_bad_affine_is_recorded_as_a_failure(tmp_path, client):
+    import nibabel as nib
+
+    hu = chest_like()
+    img = nib.Nifti1Image(np.round(hu + 1024).astype(np.int16), np.diag([2.0, 2.5, 3.0, 1.0]))
+    img.header.set_slope_inter(1.0, -1024.0)
+    img.set_qform(None, code=0)
+    img.set_sform(np.diag([2.0, 0.0, 3.0, 1.0]), code=1)  # the second axis has no extent
+    (tmp_path / "ct").mkdir()
+    nib.save(img, str(tmp_path / "ct/flat.nii.gz"))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(manifest_row("valid_7_a_1", "ct/flat.nii.gz")) + "\n")
+    summary = run_stage(_cfg(manifest, tmp_path / "bad.zarr"), client=client, echo=lambda *_: None)
+    assert summary.failed == 1
+    (vid, reason), = summary.failures
+    assert vid == "valid_7_a_1" and "affine" in reason and "flat.nii.gz" in reason

@@ -173,8 +173,10 @@ class DRRStoreLayout(BaseModel):
     ``images`` (N, V, H, W) uint16: one chunk per image, one shard per item, so a trainer
     reads one image with one small range request and a task writes exactly one shard file.
     ``status`` (N,) uint8 and ``errors`` (N,) str: one chunk per item, written by the task
-    that owns the item, after its images. ``ids`` (N,) str and ``labels`` (N, 18) int8
-    (-1: no label) are written once, when the store is created.
+    that owns the item, after its images. ``status_snapshot`` (N,) uint8, one chunk, is a
+    copy written by the driver alone at the end of each run (fast to read).
+    ``ids`` (N,) str and ``labels`` (N, 18) int8 (-1: no label) are written once, when the
+    store is created.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -189,6 +191,7 @@ class DRRStoreLayout(BaseModel):
     ids: str = "ids"
     labels: str = "labels"
     status: str = "status"
+    status_snapshot: str = "status_snapshot"
     errors: str = "errors"
     zstd_level: int = 3
 

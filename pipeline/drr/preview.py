@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from pipeline.drr.store import read_status
 from schemas.drr import ItemStatus, PreviewConfig
 from schemas.labels import CT_RATE_LABELS
 
@@ -26,7 +27,7 @@ def contact_sheet(cfg: PreviewConfig) -> int:
     from PIL import Image, ImageDraw
 
     group = zarr.open_group(str(cfg.store), mode="r")
-    status = np.asarray(group["status"][:])
+    status = read_status(group)
     shown = np.flatnonzero(status == ItemStatus.DONE)[: cfg.n]
     if shown.size == 0:
         raise ValueError(f"{cfg.store}: no finished items to show; run simulate-drr first")

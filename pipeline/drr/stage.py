@@ -128,7 +128,7 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
     from distributed import as_completed
     from tqdm import tqdm
 
-    from pipeline.drr.store import failures, open_or_create, read_status, write_failure
+    from pipeline.drr.store import failures, open_or_create, read_status, write_failure, write_status_snapshot
 
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)
@@ -160,10 +160,12 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
     finally:
         if close is not None:
             close()
-    summary.failures = failures(group)
+    final = read_status(group)
+    write_status_snapshot(group, final)
+    summary.failures = failures(group, final)
     summary.seconds = time.perf_counter() - t_start
     group.attrs["summary"] = {
-        "done": int((read_status(group) == ItemStatus.DONE).sum()),
+        "done": int((final == ItemStatus.DONE).sum()),
         "failed": len(summary.failures),
         "total": len(rows),
         "last_run_seconds": round(summary.seconds, 2),

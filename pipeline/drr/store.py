@@ -8,6 +8,8 @@ Layout (:class:`schemas.drr.DRRStoreLayout`):
 * ``line_integrals`` (N, V, H, W) float16, same chunking (only with ``--line-integrals``).
 * ``status`` (N,) uint8 (0 pending, 1 done, 2 failed) and ``errors`` (N,) str: one chunk per
   item, written by its task after the images. ``status == 1`` is the completion mask.
+* ``status_snapshot`` (N,) uint8, one chunk, written only by the driver at the end of a run:
+  a fast-to-read copy; :func:`read_status` combines it with the per-item chunks.
 * ``ids`` (N,) str and ``labels`` (N, 18) int8 (-1: no label), written once at creation.
 * attributes: ``provenance`` (config, its content hash, software version, manifest sha256),
   ``layout``, ``uint16_mapping``, ``summary`` (after each run).
@@ -53,6 +55,8 @@ def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], pr
     n = layout.n_items
     group.create_array(layout.status, shape=(n,), dtype="uint8", chunks=(1,), fill_value=ItemStatus.PENDING)
     group.create_array(layout.errors, shape=(n,), dtype=str, chunks=(1,), fill_value="")
+    group.create_array(layout.status_snapshot, shape=(n,), dtype="uint8", chunks=(max(n, 1),),
+                       fill_value=ItemStatus.PENDING)
     ids = group.create_array(layout.ids, shape=(n,), dtype=str, chunks=(max(n, 1),), fill_value="")
     ids[:] = np.array([r.volume_id for r in rows], dtype=object)
     labels = group.create_array(layout.labels, shape=(n, len(rows[0].labels) if rows else 18), dtype="int8",
@@ -116,7 +120,20 @@ def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provena
 
 
 def read_status(group: zarr.Group) -> np.ndarray:
-    return np.asarray(group["status"][:], dtype=np.uint8)
+    """Every item's status. The per-item chunks are authoritative but slow to read one by one
+    (about 13 s for 50k items), so items the driver's last snapshot already saw done are
+    taken from it (a done item stays done: only --overwrite, which deletes the store, undoes
+    it) and only the others are read from their own chunks."""
+    status = np.asarray(group["status_snapshot"][:], dtype=np.uint8)
+    unsure = np.flatnonzero(status != ItemStatus.DONE)
+    if unsure.size:
+        status[unsure] = np.asarray(group["status"].oindex[unsure], dtype=np.uint8)
+    return status
+
+
+def write_status_snapshot(group: zarr.Group, status: np.ndarray) -> None:
+    """Driver only, once its tasks are finished: one-chunk copy of the completion state."""
+    group["status_snapshot"][:] = status
 
 
 def write_item(path: str, index: int, images: np.ndarray, line_integrals: np.ndarray | None) -> None:
@@ -144,9 +161,9 @@ def write_failure(path: str, index: int, reason: str) -> None:
     group["status"][index] = ItemStatus.FAILED
 
 
-def failures(group: zarr.Group) -> list[tuple[str, str]]:
+def failures(group: zarr.Group, status: np.ndarray | None = None) -> list[tuple[str, str]]:
     """(volume id, reason) of every failed item."""
-    status = read_status(group)
+    status = read_status(group) if status is None else status
     bad = np.flatnonzero(status == ItemStatus.FAILED)
     if bad.size == 0:
         return []

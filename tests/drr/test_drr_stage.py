@@ -50,6 +50,7 @@ def test_stage_writes_images_failures_and_provenance(tiny_set, client):
     assert (summary.done, summary.failed, summary.aborted) == (3, 2, False)
     got = _arrays(cfg.out)
     np.testing.assert_array_equal(got["status"], [1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(zarr.open_group(str(cfg.out), mode="r")["status_snapshot"][:], got["status"])
     assert dict(summary.failures) == {"valid_3_a_1": got["errors"][3], "valid_4_a_1": got["errors"][4]}
     assert got["errors"][3].startswith("CTLoadError") and "valid_3_a_1.nii.gz" in got["errors"][3]
     assert got["errors"][4].startswith("AirCheckError")
@@ -83,8 +84,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_set, client):
     g = zarr.open_group(str(crashed.out), mode="r+")
     # item 2 was killed after its images were written but before its status was
     g["images"][2] = np.full((2, 48, 48), 7, np.uint16)
-    # item 1 was killed while rewriting its shard: status back to pending, shard garbage
+    # item 1 was killed while writing its shard: status pending, shard garbage (and the
+    # driver, killed too, never wrote its end-of-run snapshot)
     g["status"][1] = ItemStatus.PENDING
+    g["status_snapshot"][:] = [1, 0, 0, 0, 0]
     shard = crashed.out / "images" / "c" / "1" / "0" / "0" / "0"
     shard.write_bytes(b"\x00garbage")
     item0 = crashed.out / "images" / "c" / "0" / "0" / "0" / "0"

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from pipeline._version import __version__
+from pipeline.drr.cli import preview, simulate_drr
 from pipeline.manifests.cli import manifest_app
 from pipeline.synth.cli import synth
 
@@ -41,6 +42,8 @@ def _root(
 
 app.add_typer(manifest_app, name="manifest")
 app.command("synth")(synth)
+app.command("simulate-drr")(simulate_drr)
+app.command("preview")(preview)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import typer
 
 from pipeline._version import __version__
 from pipeline.ctclip.cli import ctclip_app
+from pipeline.drr.cli import preview, simulate_drr
 from pipeline.embed.cli import embed_ct
 from pipeline.manifests.cli import manifest_app
 from pipeline.synth.cli import synth
@@ -43,6 +44,8 @@ def _root(
 
 app.add_typer(manifest_app, name="manifest")
 app.command("synth")(synth)
+app.command("simulate-drr")(simulate_drr)
+app.command("preview")(preview)
 app.add_typer(ctclip_app, name="ctclip")
 app.command("embed-ct")(embed_ct)
 

@@ -14,12 +14,12 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from pipeline.ctclip.checkpoint import CheckpointError
     from pipeline.ctclip.text import TokenizerError
     from pipeline.embed.cache import CacheBusyError, CacheMismatchError
-    from pipeline.embed.errors import EmbedError, TooManyFailures
+    from pipeline.embed.errors import EmbedError
     from pipeline.manifests.tables import TableError
     from schemas.manifest import ManifestError
 
     return (ConfigError, ManifestError, TableError, CTLoadError, CheckpointError, TokenizerError, FileNotFoundError,
-            CacheMismatchError, CacheBusyError, EmbedError, TooManyFailures)
+            CacheMismatchError, CacheBusyError, EmbedError)
 
 
 def friendly_errors(fn):

@@ -116,8 +116,8 @@ class EmbedConfig(BaseModel):
         description="Shards are merged into the HDF5 file once they hold this fraction of its rows (and at the end).",
     )
     merge_min_rows: int = Field(default=1024, ge=1, description="...or at least this many rows.")
-    max_failures: Optional[int] = Field(
-        default=None, ge=0, description="Stop (exit status 2) once more items than this have failed (default: no limit)."
+    max_failures: int = Field(
+        default=100, ge=0, description="Stop (exit status 1) once more items than this have failed, as simulate-drr."
     )
     overwrite: bool = Field(default=False, description="Discard an existing cache and embed everything again.")
     ct: CTLoadConfig = Field(default_factory=CTLoadConfig)

@@ -181,6 +181,8 @@ def test_cli(inputs, tmp_path):
     other = write_checkpoint(tmp_path / "other.pt", seed=2)
     result = CliRunner().invoke(app, args[:4] + [str(other)] + args[5:])
     assert result.exit_code == 2 and "another checkpoint" in result.output
+    result = CliRunner().invoke(app, args[:8] + [str(tmp_path / "f.h5")] + args[9:] + ["--max-failures", "0"])
+    assert result.exit_code == 1 and "error: stopped after 1 failures (--max-failures 0)" in result.output
 
 
 def test_a_cluster_without_model_or_decode_workers_is_refused():

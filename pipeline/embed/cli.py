@@ -25,7 +25,7 @@ def embed_ct(
     model_threads: Optional[int] = typer.Option(
         None, help="torch threads of a CPU model worker (default: cores minus --workers, at least 1; all with --workers 0)."),
     commit_every: Optional[int] = typer.Option(None, help="Rows per commit; a kill loses at most the rows since (default: 64)."),
-    max_failures: Optional[int] = typer.Option(None, help="Stop (exit status 2) once more items failed (default: no limit)."),
+    max_failures: Optional[int] = typer.Option(None, help="Stop (exit status 1) once more items failed (default: 100)."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Discard an existing cache and embed everything again."),
     hu_policy: Optional[str] = typer.Option(None, help="header, csv or auto: how stored values become HU (default: header)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="tqdm progress bar (default: on)."),
@@ -42,7 +42,13 @@ def embed_ct(
         "model_threads": model_threads, "commit_every": commit_every, "max_failures": max_failures,
         "overwrite": overwrite, "ct.hu_policy": hu_policy, "progress": progress,
     })
-    s = run_embed(cfg)
+    from pipeline.embed.errors import TooManyFailures
+
+    try:
+        s = run_embed(cfg)
+    except TooManyFailures as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     rate = f", {s.embedded / s.work_s:.2f} volumes/s after start-up" if s.embedded and s.work_s else ""
     typer.echo(f"{cfg.out}: {s.embedded} embedded, {s.already_done} already there, {len(s.failures)} failed "
                f"of {s.total} ({s.wall_s:.1f} s{rate}; {s.texts_embedded} distinct reports embedded)")

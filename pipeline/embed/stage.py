@@ -201,7 +201,7 @@ class _Runner:
         return len(self.decoding) + len(self.ready) + sum(len(r) for r, _ in self.batches.values())
 
     def _top_up(self, queue: list[ManifestRow]) -> None:
-        while queue and self._in_flight() < self.prefetch:
+        while queue and self._in_flight() < self.prefetch and not self.summary.stopped_early:
             row = queue.pop()
             if not self.text(row).strip():
                 self._fail(row.volume_id, "empty report (no findings or impressions in the manifest)")
@@ -306,7 +306,7 @@ class _Runner:
         self.buffer.append(Rows(failed_ids=[volume_id], failed_reasons=[reason]))
         self.bar.update(1)
         self.bar.write(f"failed {volume_id}: {reason[:300]}")
-        if self.cfg.max_failures is not None and len(self.summary.failures) > self.cfg.max_failures:
+        if len(self.summary.failures) > self.cfg.max_failures:
             self.summary.stopped_early = True
 
     def _commit(self, force: bool = False) -> None:

@@ -1,0 +1,206 @@
+"""The simulate-drr stage: store contents, failures, attributes, resume, config guard, a real kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from drr_phantoms import chest_like, manifest_row, save_nifti
+
+from pipeline.ct_io import load_ct
+from pipeline.drr.render import render_volume
+from pipeline.drr.stage import run_stage
+from pipeline.drr.store import StoreMismatchError
+from schemas.drr import ItemStatus, SimulateDRRConfig
+from schemas.manifest import manifest_sha256
+
+RENDER = {"views": ["pa", "lateral"], "geometry": {"size": 48, "detector_mm": 140.0, "sid_mm": 500.0, "sod_mm": 400.0}}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+        yield c
+
+
+def _cfg(manifest: Path, out: Path, **kw) -> SimulateDRRConfig:
+    data = {"manifest": manifest, "out": out, "render": RENDER, "line_integrals": True}
+    data.update(kw)
+    return SimulateDRRConfig.model_validate(data)
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(g[name][:]) for name in ("images", "line_integrals", "status", "errors", "ids", "labels")}
+
+
+def test_stage_writes_images_failures_and_provenance(tiny_set, client):
+    cfg = _cfg(tiny_set, tiny_set.parent / "drr.zarr")
+    summary = run_stage(cfg, client=client, echo=lambda *_: None)
+    assert (summary.done, summary.failed, summary.aborted) == (3, 2, False)
+    got = _arrays(cfg.out)
+    np.testing.assert_array_equal(got["status"], [1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(zarr.open_group(str(cfg.out), mode="r")["status_snapshot"][:], got["status"])
+    assert dict(summary.failures) == {"valid_3_a_1": got["errors"][3], "valid_4_a_1": got["errors"][4]}
+    assert got["errors"][3].startswith("CTLoadError") and "valid_3_a_1.nii.gz" in got["errors"][3]
+    assert got["errors"][4].startswith("AirCheckError")
+    assert list(got["ids"]) == [f"valid_{n}_a_1" for n in range(5)]
+    assert got["labels"][1, 1] == 1 and got["labels"][1, 12] == 1 and got["labels"][1].sum() == 2
+    # the stored images are what the renderer makes from the loaded volume
+    ct = load_ct(tiny_set.parent / "ct/valid_1_a_1.nii.gz")
+    direct = render_volume(ct.hu, ct.affine, cfg.render, volume_id="valid_1_a_1")
+    np.testing.assert_array_equal(got["images"][1], direct.images)
+    np.testing.assert_allclose(got["line_integrals"][1], direct.line_integrals, rtol=1e-3, atol=1e-3)
+    assert not got["images"][3].any()
+
+    g = zarr.open_group(str(cfg.out), mode="r")
+    prov = g.attrs["provenance"]
+    assert prov["stage"] == "simulate-drr" and prov["software_version"]
+    assert prov["config_sha256"] == cfg.content_sha256()
+    assert prov["manifest_sha256"] == manifest_sha256(tiny_set)
+    assert prov["config"]["render"]["geometry"]["size"] == 48
+    assert g.attrs["layout"]["views"] == ["pa", "lateral"] and "uint16_mapping" in g.attrs
+    assert g.attrs["summary"]["done"] == 3 and g.attrs["summary"]["failed"] == 2
+    assert g["images"].chunks == (1, 1, 48, 48) and g["images"].shards == (1, 2, 48, 48)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_set, client):
+    quiet = dict(client=client, echo=lambda *_: None)
+    whole = _cfg(tiny_set, tiny_set.parent / "whole.zarr")
+    run_stage(whole, **quiet)
+
+    crashed = _cfg(tiny_set, tiny_set.parent / "crashed.zarr")
+    run_stage(crashed.model_copy(update={"limit": 2}), **quiet)  # items 0, 1 done
+    g = zarr.open_group(str(crashed.out), mode="r+")
+    # item 2 was killed after its images were written but before its status was
+    g["images"][2] = np.full((2, 48, 48), 7, np.uint16)
+    # item 1 was killed while writing its shard: status pending, shard garbage (and the
+    # driver, killed too, never wrote its end-of-run snapshot)
+    g["status"][1] = ItemStatus.PENDING
+    g["status_snapshot"][:] = [1, 0, 0, 0, 0]
+    shard = crashed.out / "images" / "c" / "1" / "0" / "0" / "0"
+    shard.write_bytes(b"\x00garbage")
+    item0 = crashed.out / "images" / "c" / "0" / "0" / "0" / "0"
+    before = item0.stat().st_mtime_ns
+
+    summary = run_stage(crashed, **quiet)
+    assert summary.done_before == 1 and summary.done == 2 and summary.failed == 2
+    assert item0.stat().st_mtime_ns == before, "finished items are not redone"
+    a, b = _arrays(whole.out), _arrays(crashed.out)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+    # a rerun of a complete store renders nothing; --overwrite renders everything again
+    assert run_stage(crashed, **quiet).done == 0
+    redo = run_stage(crashed.model_copy(update={"overwrite": True}), **quiet)
+    assert redo.done_before == 0 and redo.done == 3
+
+
+def test_a_different_config_or_manifest_is_refused(tiny_set, client):
+    quiet = dict(client=client, echo=lambda *_: None)
+    cfg = _cfg(tiny_set, tiny_set.parent / "guard.zarr", limit=1)
+    run_stage(cfg, **quiet)
+    other = cfg.model_copy(update={"render": cfg.render.model_copy(update={"geometry": cfg.render.geometry.model_copy(update={"size": 64})})})
+    with pytest.raises(StoreMismatchError, match=r"render\.geometry\.size: store 48, now 64.*--overwrite"):
+        run_stage(other, **quiet)
+    tiny_set.write_text(tiny_set.read_text().splitlines()[0] + "\n")
+    with pytest.raises(StoreMismatchError, match="manifest differs"):
+        run_stage(cfg, **quiet)
+
+
+def test_max_failures_stops_the_run(tiny_set, client):
+    rows = tiny_set.read_text().splitlines()
+    tiny_set.write_text("\n".join([rows[3], rows[4]] + rows[:3]) + "\n")  # the two bad ones first
+    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "fail.zarr", max_failures=1), client=client, echo=lambda *_: None)
+    assert summary.aborted and summary.failed == 2
+    assert summary.done < 3
+
+
+def test_sigkill_loses_only_items_in_flight(tmp_path, client):
+    """A real multi-process run through the CLI, killed with SIGKILL mid-way, then resumed."""
+    ct = save_nifti(tmp_path / "ct/a.nii.gz", chest_like(shape=(64, 56, 48)), (2.0, 2.5, 3.0))
+    rows = [manifest_row(f"valid_{n}_a_1", str(ct)) for n in range(40)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "killed.zarr"
+    render = {"views": ["pa", "lateral", "ap"], "geometry": {"size": 384, "detector_mm": 260.0, "sid_mm": 600.0, "sod_mm": 450.0}}
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({"render": render}))
+    cmd = [sys.executable, "-m", "pipeline", "simulate-drr", "--manifest", str(manifest), "--out", str(out),
+           "--workers", "2", "--threads", "1", "--config", str(cfg_file)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    status_dir = out / "status" / "c"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if status_dir.is_dir() and len(os.listdir(status_dir)) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    output = proc.communicate()[0].decode()
+    assert proc.returncode == -signal.SIGKILL, output
+    assert "Dask dashboard" in output
+    done = int((np.asarray(zarr.open_group(str(out), mode="r")["status"][:]) == ItemStatus.DONE).sum())
+    assert 0 < done < 40, f"kill came too late or too early ({done} done)"
+
+    cfg = SimulateDRRConfig(manifest=manifest, out=out, render=render)
+    summary = run_stage(cfg, client=client, echo=lambda *_: None)
+    assert summary.done_before == done and summary.done == 40 - done
+    images = np.asarray(zarr.open_group(str(out), mode="r")["images"][:])
+    expected = render_volume(*(lambda c: (c.hu, c.affine))(load_ct(ct)), cfg.render).images
+    assert all(np.array_equal(images[n], expected) for n in range(40))
+
+
+def test_runs_on_an_existing_scheduler(tiny_set):
+    from distributed import LocalCluster
+
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+        lines = []
+        cfg = _cfg(tiny_set, tiny_set.parent / "remote.zarr", scheduler=cluster.scheduler_address, limit=2)
+        summary = run_stage(cfg, echo=lines.append)
+    assert summary.done == 2
+    assert any(line.startswith("Dask dashboard") for line in lines)
+
+
+def test_cli_refuses_a_changed_config_with_a_clear_message(tiny_set, client):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tiny_set.parent / "cli.zarr"
+    run_stage(_cfg(tiny_set, out, limit=1), client=client, echo=lambda *_: None)
+    cfg_file = tiny_set.parent / "cfg.yaml"
+    cfg_file.write_text("render:\n  views: [pa, lateral]\n  geometry: {size: 48, detector_mm: 140.0, sid_mm: 500.0, sod_mm: 400.0}\n"
+                        "line_integrals: true\n")
+    result = CliRunner().invoke(app, ["simulate-drr", "--manifest", str(tiny_set), "--out", str(out),
+                                      "--config", str(cfg_file), "--size", "32"])
+    assert result.exit_code == 2
+    assert "render.geometry.size: store 48, now 32" in result.output and "--overwrite" in result.output
+
+
+def test_bad_affine_is_recorded_as_a_failure(tmp_path, client):
+    import nibabel as nib
+
+    hu = chest_like()
+    img = nib.Nifti1Image(np.round(hu + 1024).astype(np.int16), np.diag([2.0, 2.5, 3.0, 1.0]))
+    img.header.set_slope_inter(1.0, -1024.0)
+    img.set_qform(None, code=0)
+    img.set_sform(np.diag([2.0, 0.0, 3.0, 1.0]), code=1)  # the second axis has no extent
+    (tmp_path / "ct").mkdir()
+    nib.save(img, str(tmp_path / "ct/flat.nii.gz"))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(manifest_row("valid_7_a_1", "ct/flat.nii.gz")) + "\n")
+    summary = run_stage(_cfg(manifest, tmp_path / "bad.zarr"), client=client, echo=lambda *_: None)
+    assert summary.failed == 1
+    (vid, reason), = summary.failures
+    assert vid == "valid_7_a_1" and "affine" in reason and "flat.nii.gz" in reason

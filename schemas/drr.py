@@ -7,14 +7,13 @@ so its hash guards a store against being continued with a different config.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.ct import CTLoadConfig
+from schemas.provenance import json_sha256
 
 View = Literal["pa", "ap", "lateral"]
 Projection = Literal["cone", "parallel"]
@@ -145,7 +144,7 @@ class SimulateDRRConfig(_Config):
         """Hash of what decides the stored pixels: render config and CT loading policy."""
         payload = {"render": self.render.model_dump(mode="json"), "ct": self.ct.model_dump(mode="json"),
                    "line_integrals": self.line_integrals}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return json_sha256(payload)
 
 
 class PreviewConfig(_Config):

@@ -43,7 +43,6 @@ convenience: ``checkpoint_sha256``, ``preprocessing`` (JSON),
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -51,6 +50,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.ct import CTLoadConfig
+from schemas.provenance import json_sha256
 
 EMBED_LAYOUT_VERSION = 1
 LATENT_DIM = 512  # of the official CT-CLIP; a cache's width is its model config's dim_latent
@@ -137,7 +137,7 @@ class EmbedIdentity(BaseModel):
     layout_version: int = EMBED_LAYOUT_VERSION
 
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        return json_sha256(self.model_dump(mode="json"))
 
     def preprocessing(self) -> dict[str, Any]:
         """The part that says how a volume and a report become model input."""

@@ -7,7 +7,6 @@ Relative paths in a row are resolved against the manifest file's folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Iterable, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.labels import CT_RATE_LABELS, N_LABELS
+from schemas.provenance import file_sha256
 
 Split = Literal["train", "valid", "test", "external"]
 
@@ -174,8 +174,4 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> str:
 
 
 def manifest_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,3 +23,17 @@ class Provenance(BaseModel):
     manifest_sha256: Optional[str] = None
     checkpoint_sha256: Optional[str] = None
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes: the identity of manifests and checkpoints."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_sha256(payload: Any) -> str:
+    """sha256 of a JSON-able value with sorted keys: the identity of a config."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -14,7 +14,6 @@ A checkpoint is a plain state dict, as the official ``CTCLIP.load`` expects
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Union
@@ -22,6 +21,7 @@ from typing import Union
 import torch
 
 from schemas.ctclip import CTCLIPConfig
+from schemas.provenance import file_sha256
 
 ALLOWED_EXTRA_KEYS = frozenset({
     "text_transformer.embeddings.position_ids",
@@ -45,14 +45,6 @@ def part_of(key: str) -> str:
         if key.startswith(prefixes) or any(key.startswith(p.rstrip(".") + "_") for p in prefixes[1:]):
             return part
     return "shared"
-
-
-def file_sha256(path: Union[str, Path], chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_state_dict(path: Union[str, Path], map_location="cpu") -> dict[str, torch.Tensor]:

@@ -20,7 +20,6 @@ provenance record (which holds a timestamp) is a pure function of the config.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -209,11 +208,10 @@ def prepare_output(cfg: SynthConfig) -> bool:
 
 def write_provenance(cfg: SynthConfig) -> None:
     from pipeline._version import __version__
-    from schemas.provenance import Provenance
+    from schemas.provenance import Provenance, json_sha256
 
-    content = json.dumps(cfg.content_fields(), sort_keys=True)
     prov = Provenance(stage="synth", software_version=__version__, config=json.loads(cfg.model_dump_json()),
-                      config_sha256=hashlib.sha256(content.encode()).hexdigest())
+                      config_sha256=json_sha256(cfg.content_fields()))
     (cfg.out / "synth_provenance.json").write_text(prov.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
 

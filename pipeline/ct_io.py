@@ -112,8 +112,8 @@ def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.nda
     except Exception as e:  # nibabel raises several types for corrupt headers
         raise CTLoadError(f"{path}: unreadable NIfTI header ({e}); re-export or remove the file") from e
     _check_size(path, img.shape, cfg)
-    hdr_slope, hdr_inter = img.dataobj.slope, img.dataobj.inter
-    header_has_scaling = not (hdr_slope in (1.0,) and hdr_inter in (0.0,))
+    # nibabel reports "no scaling" (absent, NaN or 0 slope) as slope 1, intercept 0.
+    header_has_scaling = not (img.dataobj.slope == 1.0 and img.dataobj.inter == 0.0)
     use_csv = cfg.hu_policy == "csv" or (
         cfg.hu_policy == "auto" and not header_has_scaling and (slope is not None or intercept is not None)
     )

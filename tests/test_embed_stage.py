@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,6 +121,17 @@ def test_rerun_embeds_only_what_is_missing_and_another_checkpoint_is_refused(inp
     with pytest.raises(CheckpointError, match="truncated"):
         run_embed(config(inputs, tmp_path / "new.h5", checkpoint=bad_ckpt))
     assert not (tmp_path / "new.h5").exists()
+
+
+def test_overwrite_with_a_wrong_checkpoint_keeps_the_old_cache(inputs, reference, tmp_path):
+    out = tmp_path / "emb.h5"
+    shutil.copyfile(inputs.root / "reference.h5", out)
+    before = out.read_bytes()
+    bad_ckpt = tmp_path / "truncated.pt"
+    bad_ckpt.write_bytes(inputs.checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        run_embed(config(inputs, out, checkpoint=bad_ckpt, overwrite=True))
+    assert out.read_bytes() == before  # refused before the old cache was discarded
 
 
 def test_max_failures_stops_the_run_and_keeps_what_was_done(inputs, tmp_path):

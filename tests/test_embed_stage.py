@@ -197,6 +197,13 @@ def test_cli(inputs, tmp_path):
     assert result.exit_code == 1 and "error: stopped after 1 failures (--max-failures 0)" in result.output
 
 
+def test_a_prefetch_smaller_than_a_batch_is_refused(inputs):
+    # It would never fill a batch: the run used to wait forever.
+    with pytest.raises(ValueError, match=r"prefetch \(1\) must be at least batch_size \(2\)"):
+        config(inputs, inputs.root / "never.h5", prefetch=1, batch_size=2)
+    assert config(inputs, inputs.root / "never.h5", prefetch=2, batch_size=2).prefetch == 2
+
+
 def test_a_cluster_without_model_or_decode_workers_is_refused():
     from pipeline.embed.backends import count_workers
     from pipeline.embed.errors import EmbedError

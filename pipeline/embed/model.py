@@ -44,7 +44,7 @@ class LoadedModel:
             torch.set_num_threads(spec.threads)
         self.spec = spec
         self.model = load_ctclip(spec.checkpoint, cfg=spec.model, map_location=self.device).eval()
-        self.tokenizer = load_tokenizer(spec.tokenizer)
+        self.tokenizer = load_tokenizer(spec.tokenizer, vocab_size=self.model.cfg.text.vocab_size)
 
     def encode_volumes(self, volumes: list[np.ndarray]) -> np.ndarray:
         """(1, D, H, W) float32 arrays from ``preprocess_ct`` -> (B, 512) float32 latents."""

@@ -134,6 +134,17 @@ def test_overwrite_with_a_wrong_checkpoint_keeps_the_old_cache(inputs, reference
     assert out.read_bytes() == before  # refused before the old cache was discarded
 
 
+def test_a_one_part_checkpoint_is_refused_before_any_volume(inputs, tmp_path):
+    from pipeline.embed.errors import EmbedError
+
+    text_only = tmp_path / "text_only.pt"
+    state = torch.load(inputs.checkpoint, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k.startswith(("text_transformer.", "to_text_latent"))}, text_only)
+    with pytest.raises(EmbedError, match="text_only.pt: has no visual part"):
+        run_embed(config(inputs, tmp_path / "e.h5", checkpoint=text_only))
+    assert not (tmp_path / "e.h5").exists()
+
+
 def test_max_failures_stops_the_run_and_keeps_what_was_done(inputs, tmp_path):
     out = tmp_path / "emb.h5"
     with pytest.raises(TooManyFailures, match="max-failures 1"):

@@ -47,7 +47,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.ct import CTLoadConfig
 from schemas.provenance import json_sha256
@@ -122,6 +122,13 @@ class EmbedConfig(BaseModel):
     overwrite: bool = Field(default=False, description="Discard an existing cache and embed everything again.")
     ct: CTLoadConfig = Field(default_factory=CTLoadConfig)
     progress: bool = Field(default=True, description="Show a tqdm progress bar.")
+
+    @model_validator(mode="after")
+    def _prefetch_holds_a_batch(self) -> "EmbedConfig":
+        # A batch is submitted once batch_size volumes are decoded; fewer in flight would never fill one.
+        if self.prefetch is not None and self.prefetch < self.batch_size:
+            raise ValueError(f"prefetch ({self.prefetch}) must be at least batch_size ({self.batch_size})")
+        return self
 
 
 class EmbedIdentity(BaseModel):

@@ -42,3 +42,17 @@ def test_padding_to_the_longest_text_gives_the_official_latents(tmp_path):
 def test_tokenizer_folder_without_vocab_is_named(tmp_path):
     with pytest.raises(TokenizerError, match="no vocab.txt"):
         load_tokenizer(tmp_path)
+
+
+def test_a_vocabulary_without_bert_tokens_or_too_big_for_the_model_is_named(tmp_path):
+    folder = write_vocab(tmp_path / "tok")
+    assert len(load_tokenizer(folder, vocab_size=64)) >= 5
+    (folder / "vocab.txt").write_text("")  # e.g. an interrupted download
+    with pytest.raises(TokenizerError, match=r"vocab.txt: not a BERT vocabulary \(0 lines, no \[PAD\] \[UNK\]"):
+        load_tokenizer(folder)
+    (folder / "vocab.txt").write_text("[PAD]\n[CLS]\n[SEP]\nlung\n")  # BertTokenizer would append [UNK] as id 4
+    with pytest.raises(TokenizerError, match=r"4 lines, no \[UNK\]\)"):
+        load_tokenizer(folder)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(70)]))
+    with pytest.raises(TokenizerError, match="74 tokens, but the model's text encoder has 64"):
+        load_tokenizer(folder, vocab_size=64)

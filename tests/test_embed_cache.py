@@ -99,6 +99,27 @@ def test_rerun_with_another_checkpoint_is_refused(tmp_path):
         assert not cache.exists and cache.done_ids() == set()
 
 
+def test_overwrite_replaces_the_file_only_when_the_new_one_is_created(tmp_path):
+    out = tmp_path / "emb.h5"
+    with EmbeddingCache.open(out, identity()) as cache:
+        cache.create(header(identity()))
+        cache.merge_min_rows = 10
+        cache.commit(make_rows(0, 2))
+        cache.merge()
+        cache.commit(make_rows(2, 2))
+        cache._pending = []  # as if killed: rows 2, 3 only in a shard
+    refused = EmbeddingCache.open(out, identity("c" * 64), overwrite=True)
+    assert not refused.exists and refused.done_ids() == set()
+    refused.close()  # e.g. the new checkpoint failed to load: nothing was created
+    with EmbeddingCache.open(out, identity()) as cache:  # the old cache and its shard are intact
+        assert cache.done_ids() == {f"valid_{i}_a_1" for i in range(4)}
+    with EmbeddingCache.open(out, identity("c" * 64), overwrite=True) as cache:
+        cache.create(header(identity("c" * 64)))
+        assert cache.exists and cache.done_ids() == set() and not cache.shards.files()
+    emb = load_embeddings(out)
+    assert emb.ids == [] and emb.identity.checkpoint_sha256 == "c" * 64
+
+
 def test_failure_cleared_when_the_item_later_succeeds(tmp_path):
     out = tmp_path / "emb.h5"
     with EmbeddingCache.open(out, identity()) as cache:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,28 @@ def test_rerun_embeds_only_what_is_missing_and_another_checkpoint_is_refused(inp
     assert not (tmp_path / "new.h5").exists()
 
 
+def test_overwrite_with_a_wrong_checkpoint_keeps_the_old_cache(inputs, reference, tmp_path):
+    out = tmp_path / "emb.h5"
+    shutil.copyfile(inputs.root / "reference.h5", out)
+    before = out.read_bytes()
+    bad_ckpt = tmp_path / "truncated.pt"
+    bad_ckpt.write_bytes(inputs.checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        run_embed(config(inputs, out, checkpoint=bad_ckpt, overwrite=True))
+    assert out.read_bytes() == before  # refused before the old cache was discarded
+
+
+def test_a_one_part_checkpoint_is_refused_before_any_volume(inputs, tmp_path):
+    from pipeline.embed.errors import EmbedError
+
+    text_only = tmp_path / "text_only.pt"
+    state = torch.load(inputs.checkpoint, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k.startswith(("text_transformer.", "to_text_latent"))}, text_only)
+    with pytest.raises(EmbedError, match="text_only.pt: has no visual part"):
+        run_embed(config(inputs, tmp_path / "e.h5", checkpoint=text_only))
+    assert not (tmp_path / "e.h5").exists()
+
+
 def test_max_failures_stops_the_run_and_keeps_what_was_done(inputs, tmp_path):
     out = tmp_path / "emb.h5"
     with pytest.raises(TooManyFailures, match="max-failures 1"):
@@ -183,6 +206,13 @@ def test_cli(inputs, tmp_path):
     assert result.exit_code == 2 and "another checkpoint" in result.output
     result = CliRunner().invoke(app, args[:8] + [str(tmp_path / "f.h5")] + args[9:] + ["--max-failures", "0"])
     assert result.exit_code == 1 and "error: stopped after 1 failures (--max-failures 0)" in result.output
+
+
+def test_a_prefetch_smaller_than_a_batch_is_refused(inputs):
+    # It would never fill a batch: the run used to wait forever.
+    with pytest.raises(ValueError, match=r"prefetch \(1\) must be at least batch_size \(2\)"):
+        config(inputs, inputs.root / "never.h5", prefetch=1, batch_size=2)
+    assert config(inputs, inputs.root / "never.h5", prefetch=2, batch_size=2).prefetch == 2
 
 
 def test_a_cluster_without_model_or_decode_workers_is_refused():

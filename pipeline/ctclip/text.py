@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 NOT_GIVEN = "Not given."
+# Special tokens tokenize() emits. BertTokenizer silently appends any that vocab.txt lacks under new ids
+# the model never learnt (or, for an empty file, fails at the first text), so their absence is refused.
+REQUIRED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 # Characters the official inference loader deletes from the report text.
 STRIPPED_CHARS = "\"'()"
 
@@ -31,8 +34,12 @@ def clean_report(text: str) -> str:
     return text.translate(str.maketrans("", "", STRIPPED_CHARS))
 
 
-def load_tokenizer(folder: Union[str, Path]):
-    """CXR-BERT's WordPiece tokenizer (lower-case) from a local folder holding ``vocab.txt``; no hub access."""
+def load_tokenizer(folder: Union[str, Path], vocab_size: Optional[int] = None):
+    """CXR-BERT's WordPiece tokenizer (lower-case) from a local folder holding ``vocab.txt``; no hub access.
+
+    ``vocab_size``: the text model's embedding rows; a vocabulary with more tokens (ids the model has no
+    row for) is refused here rather than failing inside the model.
+    """
     from transformers import BertTokenizer
 
     folder = Path(folder)
@@ -43,9 +50,19 @@ def load_tokenizer(folder: Union[str, Path]):
             "tokenizer files (vocab.txt at least) into it"
         )
     try:
-        return BertTokenizer(vocab=str(vocab), do_lower_case=True)
+        with vocab.open(encoding="utf-8") as f:
+            tokens = [line.rstrip("\n") for line in f]  # token id = line number, as BertTokenizer reads it
+        tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=True)
     except Exception as e:
         raise TokenizerError(f"{vocab}: unreadable vocabulary ({e}); expected one WordPiece token a line") from e
+    missing = [t for t in REQUIRED_TOKENS if t not in set(tokens)]
+    if missing:
+        raise TokenizerError(f"{vocab}: not a BERT vocabulary ({len(tokens)} lines, no {' '.join(missing)}); "
+                             "use the vocab.txt of microsoft/BiomedVLP-CXR-BERT-specialized")
+    if vocab_size is not None and len(tokens) > vocab_size:
+        raise TokenizerError(f"{vocab}: {len(tokens)} tokens, but the model's text encoder has {vocab_size}; "
+                             "use the vocabulary the checkpoint was trained with (CXR-BERT's has 30522)")
+    return tokenizer
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = 512, pad_to_max_length: bool = False):

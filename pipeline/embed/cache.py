@@ -157,6 +157,9 @@ class EmbeddingCache:
         self.shards = ShardFolder(path.with_name(path.name + ".parts"), identity.sha256())
         self._file_ids: set[str] = set()
         self._pending: list[Rows] = []  # rows in shards, not yet in the HDF5 file
+        # --overwrite: the old file and its shards stay until create() replaces them, so a run refused
+        # later (a wrong checkpoint is found when the model loads) leaves the old cache as it was.
+        self._replacing = False
         self.merge_fraction = 0.25
         self.merge_min_rows = 1024
 
@@ -188,9 +191,9 @@ class EmbeddingCache:
         for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # an interrupted merge
             stale.unlink(missing_ok=True)
         self.shards.remove_leftovers()
-        if overwrite:
-            self.path.unlink(missing_ok=True)
-            self.shards.discard_all()
+        if overwrite and self.path.exists():
+            self._replacing = True
+            return
         if not self.path.exists():
             self.shards.discard_all()  # orphans of a deleted file: nothing says what made them
             return
@@ -224,7 +227,7 @@ class EmbeddingCache:
 
     @property
     def exists(self) -> bool:
-        return self.path.exists()
+        return self.path.exists() and not self._replacing
 
     def create(self, header: CacheHeader) -> None:
         """Write a new, empty cache with its prompts, temperature and attributes (atomically)."""
@@ -233,7 +236,10 @@ class EmbeddingCache:
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         with h5py.File(tmp, "w") as f:
             _write_header(f, header)
+        # The old file's pending rows go first: a kill before the rename leaves the old file, readable.
+        self.shards.discard_all()
         self._publish(tmp)
+        self._replacing = False
 
     # ---- state -----------------------------------------------------------------------------------------------------
     def done_ids(self) -> set[str]:

@@ -44,7 +44,13 @@ class LoadedModel:
             torch.set_num_threads(spec.threads)
         self.spec = spec
         self.model = load_ctclip(spec.checkpoint, cfg=spec.model, map_location=self.device).eval()
-        self.tokenizer = load_tokenizer(spec.tokenizer)
+        # A one-part checkpoint loads for encode-only use, but a cache needs CT and report latents and the
+        # temperature: refuse it here, before any volume is read, not once per volume.
+        absent = sorted({"visual", "text"} - set(self.model.loaded_parts or ()))
+        if absent:
+            raise EmbedError(f"{spec.checkpoint}: has no {' or '.join(absent)} part (it holds "
+                             f"{sorted(self.model.loaded_parts)}); embed-ct needs a full CT-CLIP checkpoint")
+        self.tokenizer = load_tokenizer(spec.tokenizer, vocab_size=self.model.cfg.text.vocab_size)
 
     def encode_volumes(self, volumes: list[np.ndarray]) -> np.ndarray:
         """(1, D, H, W) float32 arrays from ``preprocess_ct`` -> (B, 512) float32 latents."""

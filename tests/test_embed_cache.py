@@ -173,7 +173,11 @@ def test_sigkill_keeps_every_committed_row(tmp_path):
     with h5py.File(out, "r") as f:  # readable as it stands, holding the rows merged before the kill
         assert sorted(f["ids"].asstr()[:]) == [f"valid_{i}_a_1" for i in range(4)]
     with pytest.warns(UserWarning, match="interrupted"):
-        load_embeddings(out)
+        assert len(load_embeddings(out, include_pending=False).ids) == 4
+    pending = load_embeddings(out)  # the reader folds the pending commit in, without writing
+    assert sorted(pending.ids) == sorted(f"valid_{i}_a_1" for i in range(6))
+    for vid in pending.ids:
+        check_row(pending, vid)
     with EmbeddingCache.open(out, identity()) as cache:  # the next run folds the shard in
         assert cache.done_ids() == {f"valid_{i}_a_1" for i in range(6)}
     emb = load_embeddings(out)

@@ -178,6 +178,15 @@ def test_resume_after_sigkill_gives_the_rows_of_an_uninterrupted_run(inputs, ref
     with h5py.File(out, "r") as f:  # readable as the kill left it
         in_file = set(f["ids"].asstr()[:])
     assert len(in_file) >= 4
+    # The reader sees every committed row (file + pending commit files), with the values of an uninterrupted run.
+    killed = load_embeddings(out)
+    assert len(killed.ids) == 6 and in_file < set(killed.ids) and set(killed.ids) <= set(reference[1].ids)
+    ref = reference[1].index()
+    np.testing.assert_allclose(killed.ct, reference[1].ct[[ref[v] for v in killed.ids]], atol=1e-5)
+    np.testing.assert_allclose(killed.report, reference[1].report[[ref[v] for v in killed.ids]], atol=1e-5)
+    np.testing.assert_array_equal(killed.labels, reference[1].labels[[ref[v] for v in killed.ids]])
+    with pytest.warns(UserWarning, match="a run was interrupted"):
+        assert set(load_embeddings(out, include_pending=False).ids) == in_file
     resumed = run_embed(cfg)
     assert resumed.already_done >= 6 and resumed.embedded == 9 - resumed.already_done
     assert_same_rows(load_embeddings(out), reference[1])

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.embed.shards import SHARD_NAME
+from pipeline.embed.shards import SHARD_NAME, read_shard
 from schemas.embed import PROMPT_TEMPLATES, EmbedIdentity
 from schemas.provenance import Provenance
 
@@ -32,16 +32,19 @@ class Embeddings:
         return {v: i for i, v in enumerate(self.ids)}
 
 
-def load_embeddings(path: str | Path) -> Embeddings:
-    """All of a cache in memory (a 50k-volume cache is about 200 MB)."""
+def load_embeddings(path: str | Path, include_pending: bool = True) -> Embeddings:
+    """All of a cache in memory (a 50k-volume cache is about 200 MB).
+
+    Rows committed by a run that was killed before its final merge wait in
+    ``<path>.parts/``; with ``include_pending`` (the default) they are read too, so
+    the cache holds every row committed before the kill. Nothing is written: the
+    next ``embed-ct`` run merges them into the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embedding cache {path} does not exist; make it with `x2ct-pipeline embed-ct`")
-    parts = path.with_name(path.name + ".parts")
-    if parts.is_dir() and any(SHARD_NAME.match(p.name) for p in parts.iterdir()):
-        warnings.warn(f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again")
     with h5py.File(path, "r") as f:
-        return Embeddings(
+        emb = Embeddings(
             ids=list(f["ids"].asstr()[:]),
             scan_ids=list(f["scan_ids"].asstr()[:]),
             ct=f["ct"][:],
@@ -53,3 +56,33 @@ def load_embeddings(path: str | Path) -> Embeddings:
             identity=EmbedIdentity.model_validate_json(f.attrs["identity"]),
             provenance=Provenance.model_validate(json.loads(f.attrs["provenance"])),
         )
+        identity_sha256 = str(f.attrs["identity_sha256"])
+    parts = path.with_name(path.name + ".parts")
+    pending = sorted(p for p in parts.iterdir() if SHARD_NAME.match(p.name)) if parts.is_dir() else []
+    if pending and not include_pending:
+        warnings.warn(f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again")
+    elif pending:
+        _add_pending(emb, pending, identity_sha256)
+    return emb
+
+
+def _add_pending(emb: Embeddings, shards: list[Path], identity_sha256: str) -> None:
+    """Append the rows of pending commit files that the HDF5 file does not hold yet (in commit order)."""
+    known = set(emb.ids)
+    for shard in shards:
+        try:
+            rows = read_shard(shard, identity_sha256)
+        except Exception as e:  # the writer sets such a file aside on its next run; a reader only skips it
+            warnings.warn(f"{shard}: unusable commit file ({e}); its rows are left out")
+            continue
+        new = [i for i, v in enumerate(rows.ids) if v not in known]
+        if new:
+            emb.ids += [rows.ids[i] for i in new]
+            emb.scan_ids += [rows.scan_ids[i] for i in new]
+            emb.ct = np.concatenate([emb.ct, rows.ct[new]])
+            emb.report = np.concatenate([emb.report, rows.report[new]])
+            emb.labels = np.concatenate([emb.labels, rows.labels[new]])
+            known.update(rows.ids[i] for i in new)
+        emb.failures.update(zip(rows.failed_ids, rows.failed_reasons))
+    for vid in known & emb.failures.keys():  # a later success clears an earlier failure
+        del emb.failures[vid]

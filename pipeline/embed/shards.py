@@ -123,18 +123,7 @@ class ShardFolder:
     def read(self, path: Path) -> Rows | None:
         """A shard's rows; None (with a warning, the file set aside as .bad) if unreadable or foreign."""
         try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["identity_sha256"]) != self.identity_sha256:
-                    raise ValueError("made by a run with another checkpoint or preprocessing")
-                return Rows(
-                    ids=[str(x) for x in z["ids"]],
-                    scan_ids=[str(x) for x in z["scan_ids"]],
-                    ct=z["ct"],
-                    report=z["report"],
-                    labels=z["labels"],
-                    failed_ids=[str(x) for x in z["failed_ids"]],
-                    failed_reasons=[str(x) for x in z["failed_reasons"]],
-                )
+            return read_shard(path, self.identity_sha256)
         except Exception as e:  # a damaged or foreign shard must not stop the run; its items are redone
             bad = path.with_name(path.name + ".bad")
             os.replace(path, bad)
@@ -145,3 +134,19 @@ class ShardFolder:
         for p in self.files():
             p.unlink(missing_ok=True)
         self.remove_leftovers()
+
+
+def read_shard(path: Path, identity_sha256: str) -> Rows:
+    """The rows of one commit file; raises if it is damaged or was made with another identity."""
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["identity_sha256"]) != identity_sha256:
+            raise ValueError("made by a run with another checkpoint or preprocessing")
+        return Rows(
+            ids=[str(x) for x in z["ids"]],
+            scan_ids=[str(x) for x in z["scan_ids"]],
+            ct=z["ct"],
+            report=z["report"],
+            labels=z["labels"],
+            failed_ids=[str(x) for x in z["failed_ids"]],
+            failed_reasons=[str(x) for x in z["failed_reasons"]],
+        )

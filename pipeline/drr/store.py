@@ -21,6 +21,7 @@ says so, which is written last.
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -110,13 +111,42 @@ def _describe_diff(old: dict, new: dict, prefix: str) -> str:
 def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provenance: Provenance) -> zarr.Group:
     path = cfg.out
     if path.exists() and cfg.overwrite:
-        shutil.rmtree(path)
+        discard_store(path)
+    elif path.parent.is_dir():
+        _remove_discarded(path)
     if path.exists():
         group = zarr.open_group(str(path), mode="r+")
         check_store(group, path, cfg, provenance.manifest_sha256 or "", len(rows))
         return group
     path.parent.mkdir(parents=True, exist_ok=True)
     return create_store(path, layout, rows, provenance)
+
+
+def discard_store(path: Path) -> None:
+    """``--overwrite``: delete a simulate-drr store, and nothing else.
+
+    The store is first renamed out of the way (one atomic step), then deleted: deleting 50k
+    items in place takes a while, and a run killed half-way through would leave a store whose
+    remaining status chunks say 'done' for items whose images are already gone, which a rerun
+    without ``--overwrite`` would then keep as finished. Any other folder is refused, so a
+    mistyped ``--out`` never deletes unrelated data."""
+    meta = path / "zarr.json"
+    try:
+        stage = json.loads(meta.read_text()).get("attributes", {}).get("provenance", {}).get("stage")
+    except (OSError, ValueError, AttributeError):
+        stage = None
+    if stage != "simulate-drr":
+        raise StoreMismatchError(f"{path} is not a simulate-drr store; --overwrite deletes only such stores. "
+                                 "Choose another --out or delete it yourself.")
+    trash = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex[:8]}")
+    path.rename(trash)
+    _remove_discarded(path)
+
+
+def _remove_discarded(path: Path) -> None:
+    """Delete stores that ``discard_store`` renamed away (also those a killed run left)."""
+    for old in path.parent.glob(f".{path.name}.deleting-*"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_status(group: zarr.Group) -> np.ndarray:

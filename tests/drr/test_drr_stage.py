@@ -204,3 +204,42 @@ def test_bad_affine_is_recorded_as_a_failure(tmp_path, client):
     assert summary.failed == 1
     (vid, reason), = summary.failures
     assert vid == "valid_7_a_1" and "affine" in reason and "flat.nii.gz" in reason
+
+
+def test_overwrite_killed_while_deleting_never_leaves_done_items_without_images(tiny_set, client, monkeypatch):
+    """--overwrite deletes the old store; a kill half-way through that deletion must not leave
+    a store that a plain rerun takes as finished (status 'done', images gone)."""
+    import shutil
+
+    import pipeline.drr.store as store_mod
+
+    quiet = dict(client=client, echo=lambda *_: None)
+    cfg = _cfg(tiny_set, tiny_set.parent / "ow.zarr")
+    run_stage(cfg, **quiet)
+    expected = _arrays(cfg.out)
+
+    real_rmtree = shutil.rmtree
+
+    def killed_rmtree(path, *args, **kwargs):  # the images go first, then the process dies
+        real_rmtree(Path(path) / "images")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg.model_copy(update={"overwrite": True}), **quiet)
+    monkeypatch.undo()
+
+    run_stage(cfg, **quiet)  # the user reruns without --overwrite
+    got = _arrays(cfg.out)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert not list(tiny_set.parent.glob(".ow.zarr.deleting-*")), "leftovers of the killed deletion are removed"
+
+
+def test_overwrite_refuses_to_delete_a_folder_that_is_not_a_drr_store(tiny_set, client):
+    out = tiny_set.parent / "precious"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "thesis.tex").write_text("years of work")
+    with pytest.raises(StoreMismatchError, match="not a simulate-drr store"):
+        run_stage(_cfg(tiny_set, out, overwrite=True), client=client, echo=lambda *_: None)
+    assert (out / "sub" / "thesis.tex").read_text() == "years of work"

@@ -55,11 +55,13 @@ def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_js
 
     from pipeline.ct_io import load_ct
     from pipeline.drr.render import render_volume, resolve_device
-    from pipeline.drr.store import write_failure, write_item
+    from pipeline.drr.store import item_done, write_failure, write_item
 
+    row = ManifestRow.model_validate_json(row_json)
+    if item_done(store, index):  # a recomputed task (its first worker died after finishing): keep it
+        return ItemResult(index, row.volume_id, True)
     torch.set_num_threads(threads)
     cfg = SimulateDRRConfig.model_validate_json(cfg_json)
-    row = ManifestRow.model_validate_json(row_json)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         ct = load_ct(row.resolved_ct_path(Path(manifest_dir)), cfg.ct, spacing=row.spacing,

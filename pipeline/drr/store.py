@@ -166,9 +166,18 @@ def write_status_snapshot(group: zarr.Group, status: np.ndarray) -> None:
     group["status_snapshot"][:] = status
 
 
+def item_done(path: str, index: int) -> bool:
+    """Whether the item's own status chunk says done (what a task checks before rendering)."""
+    return int(zarr.open_group(path, mode="r")["status"][index]) == ItemStatus.DONE
+
+
 def write_item(path: str, index: int, images: np.ndarray, line_integrals: np.ndarray | None) -> None:
-    """A finished item: its shard(s), then its error chunk cleared, then status = done (last)."""
+    """A finished item: status = pending, its shard(s), its error chunk cleared, then status =
+    done (last). Pending first, because the shard is deleted before it is rewritten: an item
+    written again (Dask recomputes a task whose worker died holding its result) must never
+    read as done while its images are missing."""
     group = zarr.open_group(path, mode="r+")
+    group["status"][index] = ItemStatus.PENDING
     _replace_item(group["images"], index, images)
     if line_integrals is not None and "line_integrals" in group:
         _replace_item(group["line_integrals"], index, line_integrals.astype(np.float16))

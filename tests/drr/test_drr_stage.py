@@ -22,6 +22,10 @@ from pipeline.drr.store import StoreMismatchError
 from schemas.drr import ItemStatus, SimulateDRRConfig
 from schemas.manifest import manifest_sha256
 
+class _Killed(BaseException):
+    """Stands for SIGKILL at a chosen point: not an Exception, so no handler of ours catches it."""
+
+
 RENDER = {"views": ["pa", "lateral"], "geometry": {"size": 48, "detector_mm": 140.0, "sid_mm": 500.0, "sod_mm": 400.0}}
 
 
@@ -222,10 +226,10 @@ def test_overwrite_killed_while_deleting_never_leaves_done_items_without_images(
 
     def killed_rmtree(path, *args, **kwargs):  # the images go first, then the process dies
         real_rmtree(Path(path) / "images")
-        raise KeyboardInterrupt
+        raise _Killed
 
     monkeypatch.setattr(store_mod.shutil, "rmtree", killed_rmtree)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(_Killed):
         run_stage(cfg.model_copy(update={"overwrite": True}), **quiet)
     monkeypatch.undo()
 
@@ -243,3 +247,34 @@ def test_overwrite_refuses_to_delete_a_folder_that_is_not_a_drr_store(tiny_set, 
     with pytest.raises(StoreMismatchError, match="not a simulate-drr store"):
         run_stage(_cfg(tiny_set, out, overwrite=True), client=client, echo=lambda *_: None)
     assert (out / "sub" / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_finished_item_written_again_never_reads_done_without_its_images(tiny_set, client, monkeypatch):
+    """Dask recomputes a task whose worker died holding its result, so an item can be written
+    again after it is done. Neither the task nor the write may leave 'done' with the shard gone
+    when the process is killed between deleting the old shard and writing the new one."""
+    from pipeline.drr.stage import render_item
+    from pipeline.drr.store import write_item
+
+    cfg = _cfg(tiny_set, tiny_set.parent / "again.zarr", limit=2)
+    run_stage(cfg, client=client, echo=lambda *_: None)
+    before = _arrays(cfg.out)
+    real_setitem = zarr.Array.__setitem__
+
+    def killed_after_delete(self, key, value):
+        if self.path == "images":
+            raise _Killed
+        return real_setitem(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", killed_after_delete)
+    row = json.loads(tiny_set.read_text().splitlines()[1])
+    result = render_item(str(cfg.out), 1, json.dumps(row), str(tiny_set.parent), cfg.model_dump_json(), 1)
+    assert result.ok
+    np.testing.assert_array_equal(_arrays(cfg.out)["images"][1], before["images"][1])
+
+    with pytest.raises(_Killed):
+        write_item(str(cfg.out), 1, before["images"][1], None)
+    monkeypatch.undo()
+    after = _arrays(cfg.out)
+    assert after["status"][1] != ItemStatus.DONE or np.array_equal(after["images"][1], before["images"][1])
+    assert after["status"][0] == ItemStatus.DONE

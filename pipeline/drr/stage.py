@@ -179,6 +179,8 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
 def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqdm, write_failure) -> None:
     """Keep a bounded window of tasks in flight (memory of the scheduler stays small for 50k
     items) and stop submitting once failures pass ``max_failures``."""
+    from pipeline.drr.store import item_done
+
     store, manifest_dir = str(cfg.out), str(cfg.manifest.parent.resolve())
     cfg_json = cfg.model_dump_json()
     n_slots = max(1, sum(client.nthreads().values())) * 2
@@ -197,8 +199,11 @@ def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqd
             res: ItemResult = fut.result()
         except Exception as e:  # the worker died (e.g. killed for memory): record it for the item
             i = int(fut.key.split("-")[1])
-            res = ItemResult(i, rows[i].volume_id, False, f"worker lost: {type(e).__name__}: {e}")
-            write_failure(store, i, res.reason)
+            if item_done(store, i):  # it died after finishing the item: the item stays done
+                res = ItemResult(i, rows[i].volume_id, True)
+            else:
+                res = ItemResult(i, rows[i].volume_id, False, f"worker lost: {type(e).__name__}: {e}")
+                write_failure(store, i, res.reason)
         in_flight.discard(fut)
         summary.max_worker_rss_mb = max(summary.max_worker_rss_mb, res.peak_rss_mb)
         summary.items.append(res)

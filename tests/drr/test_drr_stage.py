@@ -278,3 +278,21 @@ def test_a_finished_item_written_again_never_reads_done_without_its_images(tiny_
     after = _arrays(cfg.out)
     assert after["status"][1] != ItemStatus.DONE or np.array_equal(after["images"][1], before["images"][1])
     assert after["status"][0] == ItemStatus.DONE
+
+
+def test_a_task_lost_after_finishing_its_item_leaves_it_done(tiny_set, client, monkeypatch):
+    """The driver records 'worker lost' only for items the task did not finish."""
+    import pipeline.drr.stage as stage_mod
+
+    real = stage_mod.render_item
+
+    def finishes_then_dies(*args):
+        real(*args)
+        raise RuntimeError("worker connection lost")
+
+    monkeypatch.setattr(stage_mod, "render_item", finishes_then_dies)
+    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "lost.zarr", limit=2), client=client, echo=lambda *_: None)
+    assert (summary.done, summary.failed) == (2, 0)
+    got = _arrays(tiny_set.parent / "lost.zarr")
+    np.testing.assert_array_equal(got["status"][:2], [ItemStatus.DONE] * 2)
+    assert got["images"][:2].any(axis=(1, 2, 3)).all()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,11 +186,14 @@ def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqd
     cfg_json = cfg.model_dump_json()
     n_slots = max(1, sum(client.nthreads().values())) * 2
     queue = list(reversed(pending))
+    # Keys name this run: on a shared scheduler another run's task of the same item (another
+    # store, or a previous run whose keys are not yet forgotten) would otherwise be taken for ours.
+    run_token = uuid.uuid4().hex[:12]
 
     def submit():
         i = queue.pop()
         return client.submit(render_item, store, i, rows[i].model_dump_json(), manifest_dir, cfg_json, threads,
-                             key=f"drr-{i}-{rows[i].volume_id}", pure=False, retries=0)
+                             key=f"drr-{i}-{run_token}-{rows[i].volume_id}", pure=False, retries=0)
 
     in_flight = {submit() for _ in range(min(n_slots, len(queue)))}
     running = as_completed(list(in_flight))

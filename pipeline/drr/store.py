@@ -12,7 +12,12 @@ Layout (:class:`schemas.drr.DRRStoreLayout`):
   a fast-to-read copy; :func:`read_status` combines it with the per-item chunks.
 * ``ids`` (N,) str and ``labels`` (N, 18) int8 (-1: no label), written once at creation.
 * attributes: ``provenance`` (config, its content hash, software version, manifest sha256),
-  ``layout``, ``uint16_mapping``, ``summary`` (after each run).
+  ``manifest_rows`` (row count and a hash of the rows' content), ``layout``,
+  ``uint16_mapping``, ``summary`` (after each run).
+
+Items are identified by position. A manifest that holds the store's rows unchanged, in the
+same order, with rows appended continues the store (the arrays grow, the new items are
+pending); any other manifest change is refused.
 
 The local store writes every file atomically (temporary file + rename), so a killed task
 leaves either the old file or the new one; an item counts as done only once its status chunk
@@ -21,6 +26,7 @@ says so, which is written last.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import uuid
@@ -62,9 +68,10 @@ def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], pr
     ids[:] = np.array([r.volume_id for r in rows], dtype=object)
     labels = group.create_array(layout.labels, shape=(n, len(rows[0].labels) if rows else 18), dtype="int8",
                                 chunks=(max(n, 1), 18), fill_value=-1)
-    labels[:] = np.array([[-1 if x is None else x for x in r.labels] for r in rows], dtype=np.int8).reshape(n, -1)
+    labels[:] = _labels(rows)
     group.attrs.update({
         "provenance": provenance.model_dump(mode="json"),
+        "manifest_rows": rows_record(rows),
         "layout": layout.model_dump(mode="json"),
         "uint16_mapping": UINT16_NOTE,
     })
@@ -72,8 +79,10 @@ def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], pr
     return zarr.open_group(str(path), mode="r+")
 
 
-def check_store(group: zarr.Group, path: Path, cfg: SimulateDRRConfig, manifest_sha: str, n_items: int) -> None:
-    """Refuse to continue a store made from another config, manifest or item count."""
+def check_store(group: zarr.Group, path: Path, cfg: SimulateDRRConfig, manifest_sha: str, n_items: int,
+                grown: bool = False) -> None:
+    """Refuse to continue a store made from another config, manifest or item count.
+    ``grown``: the manifest differs only by rows appended at the end (see :func:`is_grown`)."""
     prov = group.attrs.get("provenance")
     if prov is None:
         raise StoreMismatchError(f"{path} is not a simulate-drr store (no provenance); choose another --out or use --overwrite")
@@ -85,8 +94,10 @@ def check_store(group: zarr.Group, path: Path, cfg: SimulateDRRConfig, manifest_
         detail = _describe_diff({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}, "")
         problems.append(f"the render config differs ({detail or 'hash differs'})")
     if prov.get("manifest_sha256") != manifest_sha:
-        problems.append(f"the manifest differs (store {str(prov.get('manifest_sha256'))[:12]}, now {manifest_sha[:12]})")
-    if group["images"].shape[0] != n_items:
+        if not grown:
+            problems.append(f"the manifest differs (store {str(prov.get('manifest_sha256'))[:12]}, now {manifest_sha[:12]}; "
+                            "only rows appended at the end can continue a store)")
+    elif group["images"].shape[0] != n_items:
         problems.append("the number of items differs")
     if problems:
         raise StoreMismatchError(
@@ -116,10 +127,54 @@ def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provena
         _remove_discarded(path)
     if path.exists():
         group = zarr.open_group(str(path), mode="r+")
-        check_store(group, path, cfg, provenance.manifest_sha256 or "", len(rows))
+        changed = group.attrs.get("provenance", {}).get("manifest_sha256") != provenance.manifest_sha256
+        grown = changed and is_grown(group, rows)
+        check_store(group, path, cfg, provenance.manifest_sha256 or "", len(rows), grown)
+        if grown:
+            grow_store(group, rows, provenance)
         return group
     path.parent.mkdir(parents=True, exist_ok=True)
     return create_store(path, layout, rows, provenance)
+
+
+def rows_record(rows: list[ManifestRow]) -> dict:
+    """``manifest_rows`` attribute: how many rows the store holds and a hash of their content
+    (every field, in order), so a longer manifest can be recognised as the same rows plus more."""
+    return {"n": len(rows), "sha256": rows_sha256(rows)}
+
+
+def rows_sha256(rows: list[ManifestRow]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row.model_dump(mode="json"), sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def is_grown(group: zarr.Group, rows: list[ManifestRow]) -> bool:
+    """Whether ``rows`` begin with exactly the rows the store was made from (all fields, same
+    order), with more appended. Items are identified by position, so only such a manifest
+    can continue a store; any other change (rows removed, reordered or edited) is refused."""
+    held = group.attrs.get("manifest_rows")
+    if not isinstance(held, dict) or len(rows) < held.get("n", len(rows) + 1):
+        return False
+    return rows_sha256(rows[: held["n"]]) == held.get("sha256")
+
+
+def grow_store(group: zarr.Group, rows: list[ManifestRow], provenance: Provenance) -> None:
+    """Driver only, before any task: append the new rows as pending items. Arrays first, the
+    attributes (new manifest hash and row record) last, so a growth killed half-way is redone."""
+    n = len(rows)
+    for name in ("images", "line_integrals", "status", "errors", "status_snapshot", "ids", "labels"):
+        if name in group and group[name].shape[0] != n:
+            group[name].resize((n,) + group[name].shape[1:])
+    group["ids"][:] = np.array([r.volume_id for r in rows], dtype=object)
+    group["labels"][:] = _labels(rows)
+    group.attrs.update({"provenance": provenance.model_dump(mode="json"), "manifest_rows": rows_record(rows),
+                        "layout": dict(group.attrs["layout"], n_items=n)})
+
+
+def _labels(rows: list[ManifestRow]) -> np.ndarray:
+    return np.array([[-1 if x is None else x for x in r.labels] for r in rows], dtype=np.int8).reshape(len(rows), -1)
 
 
 def discard_store(path: Path) -> None:

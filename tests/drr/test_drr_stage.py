@@ -296,3 +296,62 @@ def test_a_task_lost_after_finishing_its_item_leaves_it_done(tiny_set, client, m
     got = _arrays(tiny_set.parent / "lost.zarr")
     np.testing.assert_array_equal(got["status"][:2], [ItemStatus.DONE] * 2)
     assert got["images"][:2].any(axis=(1, 2, 3)).all()
+
+
+def test_a_manifest_grown_at_the_end_continues_the_store(tiny_set, client, monkeypatch):
+    """Rows appended to the manifest are rendered into the same store (finished items kept,
+    also after a growth killed half-way); removed, reordered or edited rows are refused."""
+    from zarr.core.attributes import Attributes
+
+    quiet = dict(client=client, echo=lambda *_: None)
+    rows = tiny_set.read_text().splitlines(keepends=True)
+    whole = _cfg(tiny_set, tiny_set.parent / "whole5.zarr")
+    run_stage(whole, **quiet)
+    short = tiny_set.parent / "short.jsonl"
+    short.write_text("".join(rows[:2]))
+    grown = _cfg(short, tiny_set.parent / "grown.zarr")
+    run_stage(grown, **quiet)
+    item0 = grown.out / "images" / "c" / "0" / "0" / "0" / "0"
+    before = item0.stat().st_mtime_ns
+
+    short.write_text("".join(rows[:4]))  # growth killed after resizing, before the attributes
+    monkeypatch.setattr(Attributes, "update", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
+    with pytest.raises(_Killed):
+        run_stage(grown, **quiet)
+    monkeypatch.undo()
+    short.write_text("".join(rows))
+    summary = run_stage(grown, **quiet)
+    assert (summary.done_before, summary.done, summary.failed) == (2, 1, 2)
+    assert item0.stat().st_mtime_ns == before, "finished items are not redone"
+    a, b = _arrays(whole.out), _arrays(grown.out)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    g = zarr.open_group(str(grown.out), mode="r")
+    assert g.attrs["provenance"]["manifest_sha256"] == manifest_sha256(short) and g.attrs["layout"]["n_items"] == 5
+
+    edited = rows[1].replace('"ct/valid_1_a_1.nii.gz"', '"ct/valid_2_a_1.nii.gz"')
+    assert edited != rows[1]
+    for changed in ([rows[1], rows[0]] + rows[2:], rows[:4], [rows[0], edited] + rows[2:]):
+        short.write_text("".join(changed))
+        with pytest.raises(StoreMismatchError, match="manifest differs"):
+            run_stage(grown, **quiet)
+
+
+def test_two_runs_on_one_cluster_do_not_share_tasks(tiny_set, client, monkeypatch):
+    """A second store rendered on the same scheduler while the first run's tasks are still
+    known to it (a shared --scheduler, or keys not yet forgotten) gets its own renders."""
+    kept = []
+    real_submit = client.submit
+
+    def submit_and_keep(*args, **kwargs):
+        kept.append(real_submit(*args, **kwargs))
+        return kept[-1]
+
+    monkeypatch.setattr(client, "submit", submit_and_keep)
+    quiet = dict(client=client, echo=lambda *_: None)
+    run_stage(_cfg(tiny_set, tiny_set.parent / "first.zarr", limit=3), **quiet)
+    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "second.zarr", limit=3), **quiet)
+    assert summary.done == 3
+    a, b = _arrays(tiny_set.parent / "first.zarr"), _arrays(tiny_set.parent / "second.zarr")
+    np.testing.assert_array_equal(b["status"][:3], [ItemStatus.DONE] * 3)
+    np.testing.assert_array_equal(a["images"], b["images"])

@@ -128,10 +128,7 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
     ``client``: an existing ``distributed.Client`` (tests pass an in-process one); otherwise a
     cluster is made from ``cfg``.
     """
-    from distributed import as_completed
-    from tqdm import tqdm
-
-    from pipeline.drr.store import failures, open_or_create, read_status, write_failure, write_status_snapshot
+    from pipeline.drr.store import store_lock
 
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)
@@ -139,6 +136,16 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
         from pipeline.config_file import ConfigError
 
         raise ConfigError(f"manifest {cfg.manifest} has no rows; nothing to render")
+    with store_lock(cfg.out):  # one driver per store: two would render and write the same items
+        return _render_pending(cfg, rows, client, echo, t_start)
+
+
+def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, echo, t_start: float) -> StageSummary:
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from pipeline.drr.store import failures, open_or_create, read_status, write_failure, write_status_snapshot
+
     sha = manifest_sha256(cfg.manifest)
     layout = DRRStoreLayout(n_items=len(rows), views=cfg.render.views, size=cfg.render.geometry.size,
                             line_integrals=cfg.line_integrals)

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,28 @@ UINT16_NOTE = "physics: round(clip(windowed display, 0, 1) * 65535); mean-hu: mi
 
 class StoreMismatchError(ConfigError):
     """The store was made with another config or manifest; continuing it would mix outputs."""
+
+
+class StoreBusyError(ConfigError):
+    """Another simulate-drr run is writing the store."""
+
+
+@contextmanager
+def store_lock(path: Path):
+    """Hold ``<store>.lock`` (an advisory lock beside the store, so --overwrite can replace the
+    store under it) for a whole run. The OS releases it when the process dies, even by SIGKILL."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreBusyError(f"{path} is being written by another simulate-drr run; wait for it or stop it") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> zarr.Group:

@@ -150,7 +150,10 @@ def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provena
     elif path.parent.is_dir():
         _remove_discarded(path)
     if path.exists():
-        group = zarr.open_group(str(path), mode="r+")
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+        except FileNotFoundError:  # zarr: no group metadata there
+            raise StoreMismatchError(f"{path} exists and is not a simulate-drr store; choose another --out") from None
         changed = group.attrs.get("provenance", {}).get("manifest_sha256") != provenance.manifest_sha256
         grown = changed and is_grown(group, rows)
         check_store(group, path, cfg, provenance.manifest_sha256 or "", len(rows), grown)

@@ -367,3 +367,11 @@ def test_a_second_run_into_a_store_being_written_is_refused(tiny_set, client):
             run_stage(_cfg(tiny_set, out), client=client, echo=lambda *_: None)
     assert not out.exists()
     assert run_stage(_cfg(tiny_set, out, limit=1), client=client, echo=lambda *_: None).done == 1  # released
+
+
+def test_an_existing_folder_that_is_not_a_store_is_refused_clearly(tiny_set, client):
+    out = tiny_set.parent / "plain_folder"
+    out.mkdir()
+    with pytest.raises(StoreMismatchError, match="plain_folder exists and is not a simulate-drr store; choose another --out"):
+        run_stage(_cfg(tiny_set, out), client=client, echo=lambda *_: None)
+    assert list(out.iterdir()) == []

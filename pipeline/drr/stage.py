@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,11 +56,13 @@ def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_js
 
     from pipeline.ct_io import load_ct
     from pipeline.drr.render import render_volume, resolve_device
-    from pipeline.drr.store import write_failure, write_item
+    from pipeline.drr.store import item_done, write_failure, write_item
 
+    row = ManifestRow.model_validate_json(row_json)
+    if item_done(store, index):  # a recomputed task (its first worker died after finishing): keep it
+        return ItemResult(index, row.volume_id, True)
     torch.set_num_threads(threads)
     cfg = SimulateDRRConfig.model_validate_json(cfg_json)
-    row = ManifestRow.model_validate_json(row_json)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         ct = load_ct(row.resolved_ct_path(Path(manifest_dir)), cfg.ct, spacing=row.spacing,
@@ -125,10 +128,7 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
     ``client``: an existing ``distributed.Client`` (tests pass an in-process one); otherwise a
     cluster is made from ``cfg``.
     """
-    from distributed import as_completed
-    from tqdm import tqdm
-
-    from pipeline.drr.store import failures, open_or_create, read_status, write_failure, write_status_snapshot
+    from pipeline.drr.store import store_lock
 
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)
@@ -136,6 +136,16 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
         from pipeline.config_file import ConfigError
 
         raise ConfigError(f"manifest {cfg.manifest} has no rows; nothing to render")
+    with store_lock(cfg.out):  # one driver per store: two would render and write the same items
+        return _render_pending(cfg, rows, client, echo, t_start)
+
+
+def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, echo, t_start: float) -> StageSummary:
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from pipeline.drr.store import failures, open_or_create, read_status, write_failure, write_status_snapshot
+
     sha = manifest_sha256(cfg.manifest)
     layout = DRRStoreLayout(n_items=len(rows), views=cfg.render.views, size=cfg.render.geometry.size,
                             line_integrals=cfg.line_integrals)
@@ -177,15 +187,20 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
 def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqdm, write_failure) -> None:
     """Keep a bounded window of tasks in flight (memory of the scheduler stays small for 50k
     items) and stop submitting once failures pass ``max_failures``."""
+    from pipeline.drr.store import item_done
+
     store, manifest_dir = str(cfg.out), str(cfg.manifest.parent.resolve())
     cfg_json = cfg.model_dump_json()
     n_slots = max(1, sum(client.nthreads().values())) * 2
     queue = list(reversed(pending))
+    # Keys name this run: on a shared scheduler another run's task of the same item (another
+    # store, or a previous run whose keys are not yet forgotten) would otherwise be taken for ours.
+    run_token = uuid.uuid4().hex[:12]
 
     def submit():
         i = queue.pop()
         return client.submit(render_item, store, i, rows[i].model_dump_json(), manifest_dir, cfg_json, threads,
-                             key=f"drr-{i}-{rows[i].volume_id}", pure=False, retries=0)
+                             key=f"drr-{i}-{run_token}-{rows[i].volume_id}", pure=False, retries=0)
 
     in_flight = {submit() for _ in range(min(n_slots, len(queue)))}
     running = as_completed(list(in_flight))
@@ -195,8 +210,11 @@ def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqd
             res: ItemResult = fut.result()
         except Exception as e:  # the worker died (e.g. killed for memory): record it for the item
             i = int(fut.key.split("-")[1])
-            res = ItemResult(i, rows[i].volume_id, False, f"worker lost: {type(e).__name__}: {e}")
-            write_failure(store, i, res.reason)
+            if item_done(store, i):  # it died after finishing the item: the item stays done
+                res = ItemResult(i, rows[i].volume_id, True)
+            else:
+                res = ItemResult(i, rows[i].volume_id, False, f"worker lost: {type(e).__name__}: {e}")
+                write_failure(store, i, res.reason)
         in_flight.discard(fut)
         summary.max_worker_rss_mb = max(summary.max_worker_rss_mb, res.peak_rss_mb)
         summary.items.append(res)

@@ -12,7 +12,12 @@ Layout (:class:`schemas.drr.DRRStoreLayout`):
   a fast-to-read copy; :func:`read_status` combines it with the per-item chunks.
 * ``ids`` (N,) str and ``labels`` (N, 18) int8 (-1: no label), written once at creation.
 * attributes: ``provenance`` (config, its content hash, software version, manifest sha256),
-  ``layout``, ``uint16_mapping``, ``summary`` (after each run).
+  ``manifest_rows`` (row count and a hash of the rows' content), ``layout``,
+  ``uint16_mapping``, ``summary`` (after each run).
+
+Items are identified by position. A manifest that holds the store's rows unchanged, in the
+same order, with rows appended continues the store (the arrays grow, the new items are
+pending); any other manifest change is refused.
 
 The local store writes every file atomically (temporary file + rename), so a killed task
 leaves either the old file or the new one; an item counts as done only once its status chunk
@@ -21,8 +26,12 @@ says so, which is written last.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +48,28 @@ UINT16_NOTE = "physics: round(clip(windowed display, 0, 1) * 65535); mean-hu: mi
 
 class StoreMismatchError(ConfigError):
     """The store was made with another config or manifest; continuing it would mix outputs."""
+
+
+class StoreBusyError(ConfigError):
+    """Another simulate-drr run is writing the store."""
+
+
+@contextmanager
+def store_lock(path: Path):
+    """Hold ``<store>.lock`` (an advisory lock beside the store, so --overwrite can replace the
+    store under it) for a whole run. The OS releases it when the process dies, even by SIGKILL."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreBusyError(f"{path} is being written by another simulate-drr run; wait for it or stop it") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> zarr.Group:
@@ -61,9 +92,10 @@ def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], pr
     ids[:] = np.array([r.volume_id for r in rows], dtype=object)
     labels = group.create_array(layout.labels, shape=(n, len(rows[0].labels) if rows else 18), dtype="int8",
                                 chunks=(max(n, 1), 18), fill_value=-1)
-    labels[:] = np.array([[-1 if x is None else x for x in r.labels] for r in rows], dtype=np.int8).reshape(n, -1)
+    labels[:] = _labels(rows)
     group.attrs.update({
         "provenance": provenance.model_dump(mode="json"),
+        "manifest_rows": rows_record(rows),
         "layout": layout.model_dump(mode="json"),
         "uint16_mapping": UINT16_NOTE,
     })
@@ -71,8 +103,10 @@ def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], pr
     return zarr.open_group(str(path), mode="r+")
 
 
-def check_store(group: zarr.Group, path: Path, cfg: SimulateDRRConfig, manifest_sha: str, n_items: int) -> None:
-    """Refuse to continue a store made from another config, manifest or item count."""
+def check_store(group: zarr.Group, path: Path, cfg: SimulateDRRConfig, manifest_sha: str, n_items: int,
+                grown: bool = False) -> None:
+    """Refuse to continue a store made from another config, manifest or item count.
+    ``grown``: the manifest differs only by rows appended at the end (see :func:`is_grown`)."""
     prov = group.attrs.get("provenance")
     if prov is None:
         raise StoreMismatchError(f"{path} is not a simulate-drr store (no provenance); choose another --out or use --overwrite")
@@ -84,8 +118,10 @@ def check_store(group: zarr.Group, path: Path, cfg: SimulateDRRConfig, manifest_
         detail = _describe_diff({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}, "")
         problems.append(f"the render config differs ({detail or 'hash differs'})")
     if prov.get("manifest_sha256") != manifest_sha:
-        problems.append(f"the manifest differs (store {str(prov.get('manifest_sha256'))[:12]}, now {manifest_sha[:12]})")
-    if group["images"].shape[0] != n_items:
+        if not grown:
+            problems.append(f"the manifest differs (store {str(prov.get('manifest_sha256'))[:12]}, now {manifest_sha[:12]}; "
+                            "only rows appended at the end can continue a store)")
+    elif group["images"].shape[0] != n_items:
         problems.append("the number of items differs")
     if problems:
         raise StoreMismatchError(
@@ -110,13 +146,89 @@ def _describe_diff(old: dict, new: dict, prefix: str) -> str:
 def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provenance: Provenance) -> zarr.Group:
     path = cfg.out
     if path.exists() and cfg.overwrite:
-        shutil.rmtree(path)
+        discard_store(path)
+    elif path.parent.is_dir():
+        _remove_discarded(path)
     if path.exists():
-        group = zarr.open_group(str(path), mode="r+")
-        check_store(group, path, cfg, provenance.manifest_sha256 or "", len(rows))
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+        except FileNotFoundError:  # zarr: no group metadata there
+            raise StoreMismatchError(f"{path} exists and is not a simulate-drr store; choose another --out") from None
+        changed = group.attrs.get("provenance", {}).get("manifest_sha256") != provenance.manifest_sha256
+        grown = changed and is_grown(group, rows)
+        check_store(group, path, cfg, provenance.manifest_sha256 or "", len(rows), grown)
+        if grown:
+            grow_store(group, rows, provenance)
         return group
     path.parent.mkdir(parents=True, exist_ok=True)
     return create_store(path, layout, rows, provenance)
+
+
+def rows_record(rows: list[ManifestRow]) -> dict:
+    """``manifest_rows`` attribute: how many rows the store holds and a hash of their content
+    (every field, in order), so a longer manifest can be recognised as the same rows plus more."""
+    return {"n": len(rows), "sha256": rows_sha256(rows)}
+
+
+def rows_sha256(rows: list[ManifestRow]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row.model_dump(mode="json"), sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def is_grown(group: zarr.Group, rows: list[ManifestRow]) -> bool:
+    """Whether ``rows`` begin with exactly the rows the store was made from (all fields, same
+    order), with more appended. Items are identified by position, so only such a manifest
+    can continue a store; any other change (rows removed, reordered or edited) is refused."""
+    held = group.attrs.get("manifest_rows")
+    if not isinstance(held, dict) or len(rows) < held.get("n", len(rows) + 1):
+        return False
+    return rows_sha256(rows[: held["n"]]) == held.get("sha256")
+
+
+def grow_store(group: zarr.Group, rows: list[ManifestRow], provenance: Provenance) -> None:
+    """Driver only, before any task: append the new rows as pending items. Arrays first, the
+    attributes (new manifest hash and row record) last, so a growth killed half-way is redone."""
+    n = len(rows)
+    for name in ("images", "line_integrals", "status", "errors", "status_snapshot", "ids", "labels"):
+        if name in group and group[name].shape[0] != n:
+            group[name].resize((n,) + group[name].shape[1:])
+    group["ids"][:] = np.array([r.volume_id for r in rows], dtype=object)
+    group["labels"][:] = _labels(rows)
+    group.attrs.update({"provenance": provenance.model_dump(mode="json"), "manifest_rows": rows_record(rows),
+                        "layout": dict(group.attrs["layout"], n_items=n)})
+
+
+def _labels(rows: list[ManifestRow]) -> np.ndarray:
+    return np.array([[-1 if x is None else x for x in r.labels] for r in rows], dtype=np.int8).reshape(len(rows), -1)
+
+
+def discard_store(path: Path) -> None:
+    """``--overwrite``: delete a simulate-drr store, and nothing else.
+
+    The store is first renamed out of the way (one atomic step), then deleted: deleting 50k
+    items in place takes a while, and a run killed half-way through would leave a store whose
+    remaining status chunks say 'done' for items whose images are already gone, which a rerun
+    without ``--overwrite`` would then keep as finished. Any other folder is refused, so a
+    mistyped ``--out`` never deletes unrelated data."""
+    meta = path / "zarr.json"
+    try:
+        stage = json.loads(meta.read_text()).get("attributes", {}).get("provenance", {}).get("stage")
+    except (OSError, ValueError, AttributeError):
+        stage = None
+    if stage != "simulate-drr":
+        raise StoreMismatchError(f"{path} is not a simulate-drr store; --overwrite deletes only such stores. "
+                                 "Choose another --out or delete it yourself.")
+    trash = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex[:8]}")
+    path.rename(trash)
+    _remove_discarded(path)
+
+
+def _remove_discarded(path: Path) -> None:
+    """Delete stores that ``discard_store`` renamed away (also those a killed run left)."""
+    for old in path.parent.glob(f".{path.name}.deleting-*"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_status(group: zarr.Group) -> np.ndarray:
@@ -136,9 +248,18 @@ def write_status_snapshot(group: zarr.Group, status: np.ndarray) -> None:
     group["status_snapshot"][:] = status
 
 
+def item_done(path: str, index: int) -> bool:
+    """Whether the item's own status chunk says done (what a task checks before rendering)."""
+    return int(zarr.open_group(path, mode="r")["status"][index]) == ItemStatus.DONE
+
+
 def write_item(path: str, index: int, images: np.ndarray, line_integrals: np.ndarray | None) -> None:
-    """A finished item: its shard(s), then its error chunk cleared, then status = done (last)."""
+    """A finished item: status = pending, its shard(s), its error chunk cleared, then status =
+    done (last). Pending first, because the shard is deleted before it is rewritten: an item
+    written again (Dask recomputes a task whose worker died holding its result) must never
+    read as done while its images are missing."""
     group = zarr.open_group(path, mode="r+")
+    group["status"][index] = ItemStatus.PENDING
     _replace_item(group["images"], index, images)
     if line_integrals is not None and "line_integrals" in group:
         _replace_item(group["line_integrals"], index, line_integrals.astype(np.float16))

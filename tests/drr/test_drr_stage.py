@@ -22,6 +22,10 @@ from pipeline.drr.store import StoreMismatchError
 from schemas.drr import ItemStatus, SimulateDRRConfig
 from schemas.manifest import manifest_sha256
 
+class _Killed(BaseException):
+    """Stands for SIGKILL at a chosen point: not an Exception, so no handler of ours catches it."""
+
+
 RENDER = {"views": ["pa", "lateral"], "geometry": {"size": 48, "detector_mm": 140.0, "sid_mm": 500.0, "sod_mm": 400.0}}
 
 
@@ -204,3 +208,170 @@ def test_bad_affine_is_recorded_as_a_failure(tmp_path, client):
     assert summary.failed == 1
     (vid, reason), = summary.failures
     assert vid == "valid_7_a_1" and "affine" in reason and "flat.nii.gz" in reason
+
+
+def test_overwrite_killed_while_deleting_never_leaves_done_items_without_images(tiny_set, client, monkeypatch):
+    """--overwrite deletes the old store; a kill half-way through that deletion must not leave
+    a store that a plain rerun takes as finished (status 'done', images gone)."""
+    import shutil
+
+    import pipeline.drr.store as store_mod
+
+    quiet = dict(client=client, echo=lambda *_: None)
+    cfg = _cfg(tiny_set, tiny_set.parent / "ow.zarr")
+    run_stage(cfg, **quiet)
+    expected = _arrays(cfg.out)
+
+    real_rmtree = shutil.rmtree
+
+    def killed_rmtree(path, *args, **kwargs):  # the images go first, then the process dies
+        real_rmtree(Path(path) / "images")
+        raise _Killed
+
+    monkeypatch.setattr(store_mod.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(_Killed):
+        run_stage(cfg.model_copy(update={"overwrite": True}), **quiet)
+    monkeypatch.undo()
+
+    run_stage(cfg, **quiet)  # the user reruns without --overwrite
+    got = _arrays(cfg.out)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert not list(tiny_set.parent.glob(".ow.zarr.deleting-*")), "leftovers of the killed deletion are removed"
+
+
+def test_overwrite_refuses_to_delete_a_folder_that_is_not_a_drr_store(tiny_set, client):
+    out = tiny_set.parent / "precious"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "thesis.tex").write_text("years of work")
+    with pytest.raises(StoreMismatchError, match="not a simulate-drr store"):
+        run_stage(_cfg(tiny_set, out, overwrite=True), client=client, echo=lambda *_: None)
+    assert (out / "sub" / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_finished_item_written_again_never_reads_done_without_its_images(tiny_set, client, monkeypatch):
+    """Dask recomputes a task whose worker died holding its result, so an item can be written
+    again after it is done. Neither the task nor the write may leave 'done' with the shard gone
+    when the process is killed between deleting the old shard and writing the new one."""
+    from pipeline.drr.stage import render_item
+    from pipeline.drr.store import write_item
+
+    cfg = _cfg(tiny_set, tiny_set.parent / "again.zarr", limit=2)
+    run_stage(cfg, client=client, echo=lambda *_: None)
+    before = _arrays(cfg.out)
+    real_setitem = zarr.Array.__setitem__
+
+    def killed_after_delete(self, key, value):
+        if self.path == "images":
+            raise _Killed
+        return real_setitem(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", killed_after_delete)
+    row = json.loads(tiny_set.read_text().splitlines()[1])
+    result = render_item(str(cfg.out), 1, json.dumps(row), str(tiny_set.parent), cfg.model_dump_json(), 1)
+    assert result.ok
+    np.testing.assert_array_equal(_arrays(cfg.out)["images"][1], before["images"][1])
+
+    with pytest.raises(_Killed):
+        write_item(str(cfg.out), 1, before["images"][1], None)
+    monkeypatch.undo()
+    after = _arrays(cfg.out)
+    assert after["status"][1] != ItemStatus.DONE or np.array_equal(after["images"][1], before["images"][1])
+    assert after["status"][0] == ItemStatus.DONE
+
+
+def test_a_task_lost_after_finishing_its_item_leaves_it_done(tiny_set, client, monkeypatch):
+    """The driver records 'worker lost' only for items the task did not finish."""
+    import pipeline.drr.stage as stage_mod
+
+    real = stage_mod.render_item
+
+    def finishes_then_dies(*args):
+        real(*args)
+        raise RuntimeError("worker connection lost")
+
+    monkeypatch.setattr(stage_mod, "render_item", finishes_then_dies)
+    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "lost.zarr", limit=2), client=client, echo=lambda *_: None)
+    assert (summary.done, summary.failed) == (2, 0)
+    got = _arrays(tiny_set.parent / "lost.zarr")
+    np.testing.assert_array_equal(got["status"][:2], [ItemStatus.DONE] * 2)
+    assert got["images"][:2].any(axis=(1, 2, 3)).all()
+
+
+def test_a_manifest_grown_at_the_end_continues_the_store(tiny_set, client, monkeypatch):
+    """Rows appended to the manifest are rendered into the same store (finished items kept,
+    also after a growth killed half-way); removed, reordered or edited rows are refused."""
+    from zarr.core.attributes import Attributes
+
+    quiet = dict(client=client, echo=lambda *_: None)
+    rows = tiny_set.read_text().splitlines(keepends=True)
+    whole = _cfg(tiny_set, tiny_set.parent / "whole5.zarr")
+    run_stage(whole, **quiet)
+    short = tiny_set.parent / "short.jsonl"
+    short.write_text("".join(rows[:2]))
+    grown = _cfg(short, tiny_set.parent / "grown.zarr")
+    run_stage(grown, **quiet)
+    item0 = grown.out / "images" / "c" / "0" / "0" / "0" / "0"
+    before = item0.stat().st_mtime_ns
+
+    short.write_text("".join(rows[:4]))  # growth killed after resizing, before the attributes
+    monkeypatch.setattr(Attributes, "update", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
+    with pytest.raises(_Killed):
+        run_stage(grown, **quiet)
+    monkeypatch.undo()
+    short.write_text("".join(rows))
+    summary = run_stage(grown, **quiet)
+    assert (summary.done_before, summary.done, summary.failed) == (2, 1, 2)
+    assert item0.stat().st_mtime_ns == before, "finished items are not redone"
+    a, b = _arrays(whole.out), _arrays(grown.out)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    g = zarr.open_group(str(grown.out), mode="r")
+    assert g.attrs["provenance"]["manifest_sha256"] == manifest_sha256(short) and g.attrs["layout"]["n_items"] == 5
+
+    edited = rows[1].replace('"ct/valid_1_a_1.nii.gz"', '"ct/valid_2_a_1.nii.gz"')
+    assert edited != rows[1]
+    for changed in ([rows[1], rows[0]] + rows[2:], rows[:4], [rows[0], edited] + rows[2:]):
+        short.write_text("".join(changed))
+        with pytest.raises(StoreMismatchError, match="manifest differs"):
+            run_stage(grown, **quiet)
+
+
+def test_two_runs_on_one_cluster_do_not_share_tasks(tiny_set, client, monkeypatch):
+    """A second store rendered on the same scheduler while the first run's tasks are still
+    known to it (a shared --scheduler, or keys not yet forgotten) gets its own renders."""
+    kept = []
+    real_submit = client.submit
+
+    def submit_and_keep(*args, **kwargs):
+        kept.append(real_submit(*args, **kwargs))
+        return kept[-1]
+
+    monkeypatch.setattr(client, "submit", submit_and_keep)
+    quiet = dict(client=client, echo=lambda *_: None)
+    run_stage(_cfg(tiny_set, tiny_set.parent / "first.zarr", limit=3), **quiet)
+    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "second.zarr", limit=3), **quiet)
+    assert summary.done == 3
+    a, b = _arrays(tiny_set.parent / "first.zarr"), _arrays(tiny_set.parent / "second.zarr")
+    np.testing.assert_array_equal(b["status"][:3], [ItemStatus.DONE] * 3)
+    np.testing.assert_array_equal(a["images"], b["images"])
+
+
+def test_a_second_run_into_a_store_being_written_is_refused(tiny_set, client):
+    """Two drivers on one store would render the same pending items and write the same chunks."""
+    from pipeline.drr.store import StoreBusyError, store_lock
+
+    out = tiny_set.parent / "busy.zarr"
+    with store_lock(out):  # another run holds the store
+        with pytest.raises(StoreBusyError, match="another simulate-drr run"):
+            run_stage(_cfg(tiny_set, out), client=client, echo=lambda *_: None)
+    assert not out.exists()
+    assert run_stage(_cfg(tiny_set, out, limit=1), client=client, echo=lambda *_: None).done == 1  # released
+
+
+def test_an_existing_folder_that_is_not_a_store_is_refused_clearly(tiny_set, client):
+    out = tiny_set.parent / "plain_folder"
+    out.mkdir()
+    with pytest.raises(StoreMismatchError, match="plain_folder exists and is not a simulate-drr store; choose another --out"):
+        run_stage(_cfg(tiny_set, out), client=client, echo=lambda *_: None)
+    assert list(out.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Fixtures of the simulate-drr tests (helpers live in drr_phantoms.py)."""
+"""Fixtures of the simulate-drr tests (helpers live in tests/helpers/phantoms.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from drr_phantoms import chest_like, manifest_row, save_nifti
+from tests.helpers.phantoms import chest_like, manifest_row, save_nifti
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from drr_phantoms import chest_like, occupancy_sphere, save_nifti
+from tests.helpers.phantoms import chest_like, occupancy_sphere, save_nifti
 
 from pipeline.ct_io import affine_from_spacing, load_ct
 from pipeline.drr.geometry import axis_aligned, plan_projection

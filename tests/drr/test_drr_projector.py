@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from drr_phantoms import occupancy_sphere
+from tests.helpers.phantoms import occupancy_sphere
 from scipy.ndimage import map_coordinates
 
 from pipeline.ct_io import affine_from_spacing

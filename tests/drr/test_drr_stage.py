@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from drr_phantoms import chest_like, manifest_row, save_nifti
+from tests.helpers.phantoms import chest_like, manifest_row, save_nifti
 
 from pipeline.ct_io import load_ct
 from pipeline.drr.render import render_volume

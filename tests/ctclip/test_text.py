@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ctclip_util import tiny_model, write_vocab
+from tests.helpers.ctclip import tiny_model, write_vocab
 
 from pipeline.ctclip.text import TokenizerError, clean_report, load_tokenizer, report_text, tokenize
 

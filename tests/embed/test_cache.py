@@ -21,7 +21,7 @@ from schemas.embed import PROMPT_TEMPLATES, ROW_CHUNK, EmbedIdentity
 from schemas.labels import CT_RATE_LABELS
 from schemas.provenance import Provenance
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def identity(ckpt: str = "a" * 64) -> EmbedIdentity:
@@ -152,8 +152,8 @@ def test_merges_when_pending_rows_reach_the_threshold(tmp_path):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-    from test_embed_cache import identity, header, make_rows
+    sys.path.insert(0, {root!r})
+    from tests.embed.test_cache import identity, header, make_rows
     from pipeline.embed.cache import EmbeddingCache
     cache = EmbeddingCache.open({out!r}, identity())
     cache.create(header(identity()))
@@ -167,7 +167,7 @@ KILLER = textwrap.dedent("""
 
 def test_sigkill_keeps_every_committed_row(tmp_path):
     out = tmp_path / "emb.h5"
-    script = KILLER.format(root=str(ROOT), tests=str(ROOT / "tests"), out=str(out))
+    script = KILLER.format(root=str(ROOT), out=str(out))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     with h5py.File(out, "r") as f:  # readable as it stands, holding the rows merged before the kill

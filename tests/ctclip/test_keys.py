@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctclip_util import official_keys
+from tests.helpers.ctclip import official_keys
 
 from pipeline.ctclip.checkpoint import expected_shapes
 

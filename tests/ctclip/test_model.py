@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ctclip_util import tiny_model, tiny_volume
+from tests.helpers.ctclip import tiny_model, tiny_volume
 
 from pipeline.ct_io import CTVolume
 from pipeline.ctclip.preprocess import preprocess_ct

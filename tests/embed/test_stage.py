@@ -25,9 +25,9 @@ from pipeline.embed.reader import load_embeddings
 from pipeline.embed.errors import TooManyFailures
 from pipeline.embed.stage import run_embed
 from schemas.embed import LABEL_MISSING, PROMPT_TEMPLATES, EmbedConfig
-from tests.embed_data import build_inputs, write_checkpoint
+from tests.helpers.embed_data import build_inputs, write_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BAD = {"valid_4_a_1": "truncated", "valid_4_a_3": "preprocessing failed", "valid_5_a_1": "empty report",
        "valid_5_a_2": "empty report"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ctclip_util import tiny_model, tiny_volume
+from tests.helpers.ctclip import tiny_model, tiny_volume
 
 from pipeline.ctclip.checkpoint import CheckpointError, load_ctclip, save_ctclip
 

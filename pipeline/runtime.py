@@ -1,0 +1,163 @@
+"""Run plumbing shared by every stage that writes: the output lock, atomic files, logging.
+
+* :func:`output_lock`: one writer per output. An advisory ``flock`` on ``<out>.lock``
+  beside the output (so ``--overwrite`` can replace the output under it); the OS releases
+  it when the process dies, even by SIGKILL, so a crash never leaves a stale lock.
+* :func:`atomic_path` / :func:`atomic_write_bytes` / :func:`atomic_write_text`: a file
+  appears under its final name complete or not at all. It is written under a hidden
+  temporary name in the same folder, flushed to disk, renamed into place (``os.replace``
+  is atomic on POSIX) and the folder is fsynced so the rename survives a power cut.
+  :func:`remove_temporaries` deletes what a killed writer left.
+* :func:`setup_logging` / :func:`log_to_file`: modules log through
+  ``logging.getLogger(__name__)``; the command line shows INFO and above on stderr and a
+  run writes everything (DEBUG too) to a log file beside its output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from schemas.errors import PipelineError
+
+TMP_MARK = ".tmp-"  # hidden temporaries are named ".<final name>.tmp-<random>"
+
+
+class OutputBusyError(PipelineError):
+    """Another process holds the output's lock."""
+
+
+def lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+@contextmanager
+def output_lock(out: str | Path, stage: str) -> Iterator[None]:
+    """Hold ``<out>.lock`` for the whole run, or refuse at once if another run holds it."""
+    import fcntl
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusyError(f"{out} is being written by another {stage} run; wait for it or stop it") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def fsync_dir(folder: str | Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_name(final: Path) -> Path:
+    """``.<name>.tmp-<random><suffixes>``: hidden, unique, and ending in the final suffixes
+    (``nib.save`` picks the format from them, ``np.savez`` appends ``.npz`` otherwise)."""
+    return final.with_name(f".{final.name}{TMP_MARK}{uuid.uuid4().hex[:8]}{''.join(final.suffixes)}")
+
+
+@contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; when the block ends without error the file
+    written there is fsynced and renamed to ``final``, else it is deleted.
+
+    For writers that want a path (``torch.save``, ``h5py.File``, ``nib.save``, ``np.savez``)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(final)
+    try:
+        yield tmp
+        publish(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """fsync ``tmp``, rename it over ``final``, fsync the folder."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def atomic_write_bytes(final: str | Path, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(final: str | Path, text: str) -> None:
+    atomic_write_bytes(final, text.encode("utf-8"))
+
+
+def remove_temporaries(final: str | Path) -> None:
+    """Delete temporaries of ``final`` that a killed writer left behind."""
+    final = Path(final)
+    if final.parent.is_dir():
+        for p in final.parent.glob(f".{final.name}{TMP_MARK}*"):
+            p.unlink(missing_ok=True)
+
+
+# ---- logging -------------------------------------------------------------------------------------------------------
+LOGGERS = ("pipeline", "trainer", "schemas", "bench")
+_FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _TqdmSafeHandler(logging.StreamHandler):
+    """Writes through ``tqdm.write`` so a message never tears a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The command line's console: INFO (DEBUG with ``verbose``) and above on stderr, the
+    message alone. Idempotent."""
+    handler = _TqdmSafeHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler.set_name("x2ct-console")
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG)
+        logger.handlers = [h for h in logger.handlers if h.get_name() != "x2ct-console"]
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+@contextmanager
+def log_to_file(path: str | Path) -> Iterator[Path]:
+    """Append everything the project logs (DEBUG and above, timestamped) to ``path`` while
+    the block runs, e.g. ``<out>.log`` beside a store or ``out.log`` in a run folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+    handler.setLevel(logging.DEBUG)
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()

@@ -138,8 +138,10 @@ def time_breakdown(fn, flops: dict, total: float) -> str:
     attn = sum(v for k, v in self_s.items() if "scaled_dot_product" in k)
     everything = sum(self_s.values())
     gemm_flops = total - flops["spatial attention"] - flops["temporal attention"]
-    return (f"{wall:.2f} s wall; GEMMs {100 * gemm / everything:.0f}% of op time at {gemm_flops / gemm / 1e9:.0f} "
-            f"GFLOP/s, attention {100 * attn / everything:.0f}%, other ops {100 * (everything - gemm - attn) / everything:.0f}%")
+    return (
+        f"{wall:.2f} s wall; GEMMs {100 * gemm / everything:.0f}% of op time at {gemm_flops / gemm / 1e9:.0f} "
+        f"GFLOP/s, attention {100 * attn / everything:.0f}%, other ops {100 * (everything - gemm - attn) / everything:.0f}%"
+    )
 
 
 def official_encoder(scratch: Path, ours):
@@ -180,8 +182,11 @@ def main() -> None:
     model = CTCLIP("official")
     flops = encoder_flops(model.cfg)
     total = sum(flops.values())
-    print("matrix work per volume: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items())
-          + f"; total {total / 1e9:.0f} GFLOP")
+    print(
+        "matrix work per volume: "
+        + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items())
+        + f"; total {total / 1e9:.0f} GFLOP"
+    )
     vol = torch.rand(1, 1, 240, 480, 480, generator=torch.Generator().manual_seed(0)) * 2 - 1
     variants = {}
     if args.official:
@@ -189,6 +194,7 @@ def main() -> None:
         variants["official"] = lambda: off_encode(vol)
     variants["fp32"] = lambda: model.encode_ct(vol, "fp32")
     variants["bf16"] = lambda: model.encode_ct(vol, "bf16")
+
     def round_peaks():
         return {"fp32": matmul_peak(torch.float32, 1.5), "bf16": matmul_peak(torch.bfloat16, 1.5)}
 
@@ -197,14 +203,17 @@ def main() -> None:
     for name, r in res.items():
         prec = "fp32" if name == "official" else name
         rate = total / r["median"] / 1e9
-        line = (f"{name:>8}: first {r['first']:.2f} s, median {r['median']:.2f} s "
-                f"({', '.join(f'{t:.2f}' for t in r['times'])}), {rate:.0f} GFLOP/s")
+        line = (
+            f"{name:>8}: first {r['first']:.2f} s, median {r['median']:.2f} s "
+            f"({', '.join(f'{t:.2f}' for t in r['times'])}), {rate:.0f} GFLOP/s"
+        )
         if rounds:
             # efficiency per round: this round's rate over the matmul peak measured around it
             eff = [total / t / 1e9 / max(a[prec], b[prec]) for t, a, b in zip(r["times"], rounds, rounds[1:])]
             line += f" = {100 * statistics.median(eff):.0f}% of the {prec} matmul peak measured around each call"
-        line += (f", peak RSS +{r['extra'] / 1e9:.2f} GB above the loaded model(s)"
-                 f" (load {statistics.median(r['load']):.1f})")
+        line += (
+            f", peak RSS +{r['extra'] / 1e9:.2f} GB above the loaded model(s) (load {statistics.median(r['load']):.1f})"
+        )
         print(line)
     if rounds:
         for prec in ("fp32", "bf16"):
@@ -218,7 +227,9 @@ def main() -> None:
             print(f"{name:>8} breakdown: {time_breakdown(fn, flops, total)} ({load()})")
             if not args.skip_peak:
                 prec = "fp32" if name == "official" else name
-                print(f"          matmul peak {prec} right after: {matmul_peak(dict(fp32=torch.float32, bf16=torch.bfloat16)[prec], 1.5):.0f} GFLOP/s")
+                print(
+                    f"          matmul peak {prec} right after: {matmul_peak(dict(fp32=torch.float32, bf16=torch.bfloat16)[prec], 1.5):.0f} GFLOP/s"
+                )
     latents = {name: fn() for name, fn in variants.items()}
     print(f"bf16 vs fp32 latent cosine: {F.cosine_similarity(latents['bf16'], latents['fp32']).item():.5f}")
     if "official" in latents:

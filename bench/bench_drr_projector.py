@@ -42,8 +42,9 @@ def baseline_joseph(volume, plan, transform):
         gy = (2 * pos_u[n] + 1) / n_u - 1
         # output (row q, column p) samples x = row-axis position (last dim, V), y = column-axis (U)
         grid = torch.stack(torch.broadcast_tensors(gx[:, None], gy[None, :]), dim=-1)
-        image += torch.nn.functional.grid_sample(plane[None, None], grid[None], mode="bilinear",
-                                                 padding_mode="zeros", align_corners=False)[0, 0]
+        image += torch.nn.functional.grid_sample(
+            plane[None, None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False
+        )[0, 0]
     return image * torch.as_tensor(plan.ray_weight, dtype=torch.float32)
 
 
@@ -93,7 +94,12 @@ def memory_child(path: str, threads: int) -> dict:
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     render_volume(ct.hu, ct.affine, DRRRenderConfig(views=["pa"]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"rss_after_imports_mb": base, "peak_after_load_mb": after_load, "peak_after_render_mb": peak, "load_s": load_s}
+    return {
+        "rss_after_imports_mb": base,
+        "peak_after_load_mb": after_load,
+        "peak_after_render_mb": peak,
+        "load_s": load_s,
+    }
 
 
 def main() -> None:
@@ -120,8 +126,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = make_volume(args.ct, args.out)
     res = {"load_before": os.getloadavg(), "threads": args.threads}
-    child = subprocess.run([sys.executable, __file__, "--ct", args.ct, "--memory-child", str(path), "--threads",
-                            str(args.threads)], capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, __file__, "--ct", args.ct, "--memory-child", str(path), "--threads", str(args.threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     res["memory"] = json.loads(child.stdout.strip().splitlines()[-1])
     ct = load_ct(path)
     hu = torch.from_numpy(ct.hu)
@@ -136,7 +146,9 @@ def main() -> None:
             if projection == "cone" and view == "pa":
                 ours = img
     plan = plan_projection(hu.shape, ct.affine, "pa", GeometryConfig(projection="cone"))
-    med, times, base = _median(lambda: baseline_joseph(hu, plan, transform), max(1, args.repeats // 3), "baseline_cone_pa")
+    med, times, base = _median(
+        lambda: baseline_joseph(hu, plan, transform), max(1, args.repeats // 3), "baseline_cone_pa"
+    )
     res["baseline_cone_pa_s"], res["baseline_cone_pa_times"] = med, times
     res["speedup_cone_pa_vs_baseline"] = med / res["cone_pa_s"]
     res["max_abs_diff_vs_baseline"] = float((ours - base).abs().max())

@@ -70,9 +70,18 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     manifest = work / "manifest.jsonl"
-    rows = [{"volume_id": f"valid_{900 + n}_a_1", "patient_id": f"valid_{900 + n}", "scan_id": f"valid_{900 + n}_a",
-             "reconstruction_id": f"valid_{900 + n}_a_1", "split": "valid", "ct_path": str(Path(args.ct).resolve()),
-             "labels": [0] * N_LABELS} for n in range(args.n)]
+    rows = [
+        {
+            "volume_id": f"valid_{900 + n}_a_1",
+            "patient_id": f"valid_{900 + n}",
+            "scan_id": f"valid_{900 + n}_a",
+            "reconstruction_id": f"valid_{900 + n}_a_1",
+            "split": "valid",
+            "ct_path": str(Path(args.ct).resolve()),
+            "labels": [0] * N_LABELS,
+        }
+        for n in range(args.n)
+    ]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cores = os.cpu_count() or 1
     results = {"n_volumes": args.n, "cores": cores, "load_before": os.getloadavg()}
@@ -83,21 +92,27 @@ def main() -> None:
     for workers in [int(w) for w in args.workers.split(",")]:
         threads = max(1, cores // workers)
         t = time.perf_counter()
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=40)
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
+        )
         client = Client(cluster)
         entry = {"cluster_start_s": time.perf_counter() - t, "torch_threads_per_task": threads}
         client.run(lambda: __import__("pipeline.drr.stage"))  # imports warm in every worker
         _floor(client, [rows[0]["ct_path"]] * workers)  # warm-up: page cache, imports
         times: dict[str, list[float]] = {"floor": [], **{name: [] for name in runs}}
         cpu: dict[str, list[float]] = {"floor": [], **{name: [] for name in runs}, **{f"{n}_load": [] for n in runs}}
-        for rep in range(args.repeats):
+        for _rep in range(args.repeats):
             seconds, entry["floor_peak_rss_mb"], floor_cpu = _floor(client, [r["ct_path"] for r in rows])
             times["floor"].append(seconds)
             cpu["floor"] += floor_cpu
             for name, render in runs.items():
-                cfg = SimulateDRRConfig(manifest=manifest, out=work / f"{name}_{workers}.zarr", render=render,
-                                        threads_per_worker=threads, overwrite=True)
+                cfg = SimulateDRRConfig(
+                    manifest=manifest,
+                    out=work / f"{name}_{workers}.zarr",
+                    render=render,
+                    threads_per_worker=threads,
+                    overwrite=True,
+                )
                 summary = run_stage(cfg, client=client, echo=lambda *_: None)
                 assert summary.done == args.n, summary
                 times[name].append(summary.seconds)

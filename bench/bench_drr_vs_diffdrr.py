@@ -60,9 +60,13 @@ def run_ours(args) -> dict:
     hu = torch.from_numpy(ct.hu)
     result = {"load_s": load_s, "shape": list(ct.hu.shape), "spacing": ct.spacing}
     for projection in ("cone", "parallel"):
-        cfg = DRRRenderConfig(views=[args.view], slab=args.slab,
-                              geometry=GeometryConfig(projection=projection, size=args.size, detector_mm=DETECTOR_MM,
-                                                      sid_mm=SID, sod_mm=SOD))
+        cfg = DRRRenderConfig(
+            views=[args.view],
+            slab=args.slab,
+            geometry=GeometryConfig(
+                projection=projection, size=args.size, detector_mm=DETECTOR_MM, sid_mm=SID, sod_mm=SOD
+            ),
+        )
         line_integrals(hu, ct.affine, cfg)  # warm-up
         med, times, img = _median_time(lambda: line_integrals(hu, ct.affine, cfg)[0], args.repeats)
         result[f"{projection}_s"], result[f"{projection}_times"] = med, times
@@ -95,10 +99,20 @@ def run_diffdrr(args) -> dict:
 
     torch.set_num_threads(args.threads)
     load_s, _, subject = _median_time(lambda: read(args.ct, orientation="AP"), 1)
-    drr = DRR(subject, sdd=SID, height=args.size, delx=DETECTOR_MM / args.size, renderer=args.renderer,
-              patch_size=args.patch_size)
-    pose = convert(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[0.0, SOD, 0.0]]),
-                   parameterization="euler_angles", convention="ZXY")
+    drr = DRR(
+        subject,
+        sdd=SID,
+        height=args.size,
+        delx=DETECTOR_MM / args.size,
+        renderer=args.renderer,
+        patch_size=args.patch_size,
+    )
+    pose = convert(
+        torch.tensor([[0.0, 0.0, 0.0]]),
+        torch.tensor([[0.0, SOD, 0.0]]),
+        parameterization="euler_angles",
+        convention="ZXY",
+    )
     source, target = drr.detector(pose, None)
     grid = target.reshape(args.size, args.size, 3)
     frame = {
@@ -175,16 +189,30 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = str(args.out)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS=str(args.threads))
-    common = ["--ct", args.ct, "--diffdrr-site", args.diffdrr_site, "--threads", str(args.threads), "--tmp", tmp,
-              "--view", args.view]
+    common = [
+        "--ct",
+        args.ct,
+        "--diffdrr-site",
+        args.diffdrr_site,
+        "--threads",
+        str(args.threads),
+        "--tmp",
+        tmp,
+        "--view",
+        args.view,
+    ]
     load = os.getloadavg()
     res = {"uptime_load_before": load}
-    res["diffdrr_trilinear_512"] = _child(["--worker", "diffdrr", "--renderer", "trilinear", "--repeats", "2",
-                                           "--save-density", *common], env)
-    res["diffdrr_trilinear_256"] = _child(["--worker", "diffdrr", "--renderer", "trilinear", "--size", "256",
-                                           "--repeats", "3", *common], env)
+    res["diffdrr_trilinear_512"] = _child(
+        ["--worker", "diffdrr", "--renderer", "trilinear", "--repeats", "2", "--save-density", *common], env
+    )
+    res["diffdrr_trilinear_256"] = _child(
+        ["--worker", "diffdrr", "--renderer", "trilinear", "--size", "256", "--repeats", "3", *common], env
+    )
     if not args.skip_siddon:
-        res["diffdrr_siddon_512"] = _child(["--worker", "diffdrr", "--renderer", "siddon", "--repeats", "1", *common], env)
+        res["diffdrr_siddon_512"] = _child(
+            ["--worker", "diffdrr", "--renderer", "siddon", "--repeats", "1", *common], env
+        )
     res["ours_512"] = _child(["--worker", "ours", "--density", str(Path(tmp) / "density.npy"), *common], env)
     res["ours_256"] = _child(["--worker", "ours", "--size", "256", *common], env)
     res["uptime_load_after"] = os.getloadavg()

@@ -48,8 +48,18 @@ def make_data(work: Path, model: str, n: int):
         if not path.exists():
             write_volume(path, seed=i, shape=shape, spacing=spacing)
         report = REPORTS[i % len(REPORTS)]
-        rows.append(ManifestRow(volume_id=vid, patient_id=f"valid_{i}", scan_id=f"valid_{i}_a", reconstruction_id=vid,
-                                split="valid", ct_path=path.name, findings=report, labels=[0] * N_LABELS))
+        rows.append(
+            ManifestRow(
+                volume_id=vid,
+                patient_id=f"valid_{i}",
+                scan_id=f"valid_{i}_a",
+                reconstruction_id=vid,
+                split="valid",
+                ct_path=path.name,
+                findings=report,
+                labels=[0] * N_LABELS,
+            )
+        )
     manifest = work / f"{model}-{n}.jsonl"
     write_manifest(rows, manifest)
     return manifest, ckpt, write_vocab(work / "tok"), rows
@@ -80,8 +90,10 @@ def bench_model(spec, rows, work: Path, model: str) -> list[float]:
     from schemas.ct import CTLoadConfig
 
     m = get_model(spec)
-    arrays = [decode_volume(r.volume_id, str(work / r.ct_path), {}, CTLoadConfig().model_dump(), model).array
-              for r in rows[: min(len(rows), 3)]]
+    arrays = [
+        decode_volume(r.volume_id, str(work / r.ct_path), {}, CTLoadConfig().model_dump(), model).array
+        for r in rows[: min(len(rows), 3)]
+    ]
     t_end = time.perf_counter() + 5.0  # warm up for 5 s (at least one call): the first calls are slow
     while True:
         m.encode_volumes([arrays[0]])
@@ -95,25 +107,41 @@ def bench_model(spec, rows, work: Path, model: str) -> list[float]:
     return times
 
 
-def bench_together(manifest, ckpt, tok, work: Path, model: str, workers: int, threads: int, commit_every: int,
-                   batch_size: int) -> dict:
+def bench_together(
+    manifest, ckpt, tok, work: Path, model: str, workers: int, threads: int, commit_every: int, batch_size: int
+) -> dict:
     from pipeline.embed.stage import run_embed
     from schemas.embed import EmbedConfig
 
     out = work / f"together-{model}-{workers}.h5"
     stamps: list[tuple[float, int]] = []  # (time, rows committed so far)
-    cfg = EmbedConfig(manifest=manifest, checkpoint=ckpt, tokenizer=tok, out=out, model=model, workers=workers,
-                      commit_every=commit_every, batch_size=batch_size, overwrite=True, progress=False,
-                      model_threads=threads)
+    cfg = EmbedConfig(
+        manifest=manifest,
+        checkpoint=ckpt,
+        tokenizer=tok,
+        out=out,
+        model=model,
+        workers=workers,
+        commit_every=commit_every,
+        batch_size=batch_size,
+        overwrite=True,
+        progress=False,
+        model_threads=threads,
+    )
     t0 = time.perf_counter()
     summary = run_embed(cfg, on_commit=lambda n: stamps.append((time.perf_counter(), n)))
     if len(stamps) >= 2:  # steady state: from the first commit to the last
         per_volume = (stamps[-1][0] - stamps[0][0]) / (stamps[-1][1] - stamps[0][1])
     else:
         per_volume = summary.work_s / summary.embedded
-    return {"wall_s": time.perf_counter() - t0, "work_s": summary.work_s, "per_volume_s": per_volume,
-            "embedded": summary.embedded, "load_s_median": statistics.median(summary.load_s),
-            "preprocess_s_median": statistics.median(summary.preprocess_s)}
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "work_s": summary.work_s,
+        "per_volume_s": per_volume,
+        "embedded": summary.embedded,
+        "load_s_median": statistics.median(summary.load_s),
+        "preprocess_s_median": statistics.median(summary.preprocess_s),
+    }
 
 
 def main() -> None:
@@ -121,22 +149,38 @@ def main() -> None:
     ap.add_argument("--model", default="tiny", choices=["tiny", "official"])
     ap.add_argument("--n", type=int, default=24, help="volumes")
     ap.add_argument("--work", type=Path, default=Path("/tmp/embed-bench"))
-    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
-                    help="torch threads of the model (default: the cores one decode worker leaves, as embed-ct)")
-    ap.add_argument("--commit-every", type=int, default=1,
-                    help="1: time the gaps between commits (steady state); more than --n: the whole loop / n")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="torch threads of the model (default: the cores one decode worker leaves, as embed-ct)",
+    )
+    ap.add_argument(
+        "--commit-every",
+        type=int,
+        default=1,
+        help="1: time the gaps between commits (steady state); more than --n: the whole loop / n",
+    )
     ap.add_argument("--batch-size", type=int, default=2, help="volumes per forward pass in the overlapped runs")
-    ap.add_argument("--modes", default="dask,threads", help="overlapped runs: dask (1 decode + 1 model worker), threads")
+    ap.add_argument(
+        "--modes", default="dask,threads", help="overlapped runs: dask (1 decode + 1 model worker), threads"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     from pipeline.embed.model import ModelSpec
 
     manifest, ckpt, tok, rows = make_data(args.work, args.model, args.n)
-    spec = ModelSpec(checkpoint=str(ckpt), tokenizer=str(tok), model=args.model, device="cpu", precision="fp32",
-                     threads=args.threads)
-    res = {"model": args.model, "n": args.n, "cpus": os.cpu_count(), "model_threads": args.threads,
-           "batch_size": args.batch_size}
+    spec = ModelSpec(
+        checkpoint=str(ckpt), tokenizer=str(tok), model=args.model, device="cpu", precision="fp32", threads=args.threads
+    )
+    res = {
+        "model": args.model,
+        "n": args.n,
+        "cpus": os.cpu_count(),
+        "model_threads": args.threads,
+        "batch_size": args.batch_size,
+    }
     res["load_before"] = load()
     decode = bench_decode(rows, args.work, args.model)
     res["decode_s"], res["load_decode"] = statistics.median(decode), load()
@@ -144,21 +188,26 @@ def main() -> None:
     res["model_s"], res["load_model"] = statistics.median(mtimes), load()
     modes = [m for m in (("dask", 1), ("threads", 0)) if m[0] in args.modes.split(",")]
     for name, workers in modes:
-        res[f"together_{name}"] = bench_together(manifest, ckpt, tok, args.work, args.model, workers, args.threads,
-                                                 args.commit_every, args.batch_size)
+        res[f"together_{name}"] = bench_together(
+            manifest, ckpt, tok, args.work, args.model, workers, args.threads, args.commit_every, args.batch_size
+        )
         res[f"load_{name}"] = load()
     slower = max(res["decode_s"], res["model_s"])
     for name, _ in modes:
         t = res[f"together_{name}"]["per_volume_s"]
         res[f"together_{name}_vs_slower"] = t / slower
         res[f"volumes_per_s_{name}"] = 1.0 / t
-    print(f"{args.model}: decode {res['decode_s']:.3f} s/vol (load {res['load_decode']}), "
-          f"model {res['model_s']:.3f} s/vol (load {res['load_model']})")
+    print(
+        f"{args.model}: decode {res['decode_s']:.3f} s/vol (load {res['load_decode']}), "
+        f"model {res['model_s']:.3f} s/vol (load {res['load_model']})"
+    )
     for name, _ in modes:
         t = res[f"together_{name}"]
-        print(f"  together [{name}]: {t['per_volume_s']:.3f} s/vol = {res[f'volumes_per_s_{name}']:.2f} vol/s, "
-              f"{res[f'together_{name}_vs_slower']:.2f}x the slower alone (load {res[f'load_{name}']}); "
-              f"whole run {t['wall_s']:.1f} s for {t['embedded']} volumes")
+        print(
+            f"  together [{name}]: {t['per_volume_s']:.3f} s/vol = {res[f'volumes_per_s_{name}']:.2f} vol/s, "
+            f"{res[f'together_{name}_vs_slower']:.2f}x the slower alone (load {res[f'load_{name}']}); "
+            f"whole run {t['wall_s']:.1f} s for {t['embedded']} volumes"
+        )
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
 

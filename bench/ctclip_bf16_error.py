@@ -54,8 +54,10 @@ def main() -> None:
         flips = (out["bf16"][1] != out["fp32"][1]).float().mean().item()
         changed = ((out["bf16"][2] > 0.5) != (out["fp32"][2] > 0.5)).sum().item()
         dp = (out["bf16"][2] - out["fp32"][2]).abs().max().item()
-        print(f"{path.name}: latent cosine {cos:.5f}, indices differing {100 * flips:.2f}%, "
-              f"zero-shot decisions changed {changed}/18 (max |d p(present)| {dp:.4f})")
+        print(
+            f"{path.name}: latent cosine {cos:.5f}, indices differing {100 * flips:.2f}%, "
+            f"zero-shot decisions changed {changed}/18 (max |d p(present)| {dp:.4f})"
+        )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ that ``--help`` stays instant. This module only assembles them.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from pipeline._version import __version__
@@ -35,7 +33,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(
+    version: bool | None = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:

@@ -18,8 +18,18 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from pipeline.manifests.tables import TableError
     from schemas.manifest import ManifestError
 
-    return (ConfigError, ManifestError, TableError, CTLoadError, CheckpointError, TokenizerError, FileNotFoundError,
-            CacheMismatchError, CacheBusyError, EmbedError)
+    return (
+        ConfigError,
+        ManifestError,
+        TableError,
+        CTLoadError,
+        CheckpointError,
+        TokenizerError,
+        FileNotFoundError,
+        CacheMismatchError,
+        CacheBusyError,
+        EmbedError,
+    )
 
 
 def friendly_errors(fn):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -35,7 +35,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(model: type[M], config_file: Optional[Path], overrides: dict[str, Any]) -> M:
+def build_config(model: type[M], config_file: Path | None, overrides: dict[str, Any]) -> M:
     """The file's values, then every override that is not None, validated as ``model``."""
     data = read_config_file(config_file) if config_file is not None else {}
     for key, value in overrides.items():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import nibabel as nib
 import numpy as np
@@ -43,7 +42,7 @@ class CTVolume:
     affine: np.ndarray  # float64 (4, 4): voxel index -> world RAS+ mm
     source: str  # the file it came from
     hu_scaling: str  # which scaling produced the HU: 'header', 'csv' or 'none'
-    air_hu: Optional[float]  # the measured air level before padding removal (None if not checked)
+    air_hu: float | None  # the measured air level before padding removal (None if not checked)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -59,10 +58,10 @@ def load_ct(
     path: str | Path,
     cfg: CTLoadConfig = CTLoadConfig(),
     *,
-    spacing: Optional[tuple[float, float, float]] = None,
-    orientation: Optional[str] = None,
-    slope: Optional[float] = None,
-    intercept: Optional[float] = None,
+    spacing: tuple[float, float, float] | None = None,
+    orientation: str | None = None,
+    slope: float | None = None,
+    intercept: float | None = None,
 ) -> CTVolume:
     """Load ``path`` as float32 HU in LPS voxel order.
 
@@ -122,7 +121,9 @@ def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.nda
             if slope is None and intercept is None and cfg.hu_policy == "csv":
                 raise CTLoadError(f"{path}: hu_policy 'csv' but the manifest row has no slope/intercept")
             data = np.asarray(img.dataobj.get_unscaled(), dtype=np.float32)
-            data = data * np.float32(1.0 if slope is None else slope) + np.float32(0.0 if intercept is None else intercept)
+            data = data * np.float32(1.0 if slope is None else slope) + np.float32(
+                0.0 if intercept is None else intercept
+            )
             how = "csv"
         else:
             data = np.asarray(img.get_fdata(dtype=np.float32))
@@ -130,7 +131,9 @@ def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.nda
     except CTLoadError:
         raise
     except Exception as e:  # truncated gzip, short file, ...
-        raise CTLoadError(f"{path}: voxel data unreadable ({type(e).__name__}: {e}); the file is probably truncated") from e
+        raise CTLoadError(
+            f"{path}: voxel data unreadable ({type(e).__name__}: {e}); the file is probably truncated"
+        ) from e
     return data, np.asarray(img.affine, dtype=np.float64), how
 
 
@@ -185,7 +188,7 @@ def _to_canonical(data: np.ndarray, affine: np.ndarray, path: Path) -> tuple[np.
     return new, affine @ inv_ornt_aff(transform, data.shape)
 
 
-def measure_air_hu(hu: np.ndarray, padding_below_hu: float, sample_step: int = 3) -> Optional[float]:
+def measure_air_hu(hu: np.ndarray, padding_below_hu: float, sample_step: int = 3) -> float | None:
     """The air level of a chest CT: the 1st percentile of voxels that are not constant padding.
 
     Scanner padding is one constant value at the volume's minimum; it is left out

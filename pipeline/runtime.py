@@ -19,9 +19,9 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from schemas.errors import PipelineError
 

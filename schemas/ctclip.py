@@ -45,8 +45,11 @@ class CTCLIPVisualConfig(BaseModel):
     @property
     def grid(self) -> tuple[int, int, int]:
         """Token grid (T, H, W): depth slabs, rows, columns."""
-        return (self.num_slices // self.temporal_patch_size, self.image_size // self.patch_size,
-                self.image_size // self.patch_size)
+        return (
+            self.num_slices // self.temporal_patch_size,
+            self.image_size // self.patch_size,
+            self.image_size // self.patch_size,
+        )
 
     @property
     def pooled_dim(self) -> int:

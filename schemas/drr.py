@@ -8,7 +8,7 @@ so its hash guards a store against being continued with a different config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,7 +35,9 @@ class GeometryConfig(_Config):
 
     projection: Projection = Field(default="cone", description="'cone': point source, flat detector; 'parallel'.")
     size: int = Field(default=512, ge=16, le=4096, description="Detector pixels per side.")
-    detector_mm: float = Field(default=430.0, gt=0, description="Detector side length (mm); a clinical cassette is 430 mm.")
+    detector_mm: float = Field(
+        default=430.0, gt=0, description="Detector side length (mm); a clinical cassette is 430 mm."
+    )
     sid_mm: float = Field(default=1800.0, gt=0, description="Source-to-image (detector) distance (mm), cone beam.")
     sod_mm: float = Field(
         default=1650.0, gt=0, description="Source-to-isocentre (patient centre) distance (mm), cone beam."
@@ -44,7 +46,9 @@ class GeometryConfig(_Config):
     @model_validator(mode="after")
     def _source_before_detector(self):
         if self.sod_mm >= self.sid_mm:
-            raise ValueError(f"sod_mm ({self.sod_mm}) must be smaller than sid_mm ({self.sid_mm}): the patient sits between source and detector")
+            raise ValueError(
+                f"sod_mm ({self.sod_mm}) must be smaller than sid_mm ({self.sid_mm}): the patient sits between source and detector"
+            )
         return self
 
 
@@ -56,7 +60,9 @@ class PhysicsConfig(_Config):
     energies. 1.0 (default) is the plain water-equivalent model.
     """
 
-    mu_water_per_mm: float = Field(default=0.02, gt=0, description="Attenuation of water (1/mm), about 0.02 at 60-70 keV.")
+    mu_water_per_mm: float = Field(
+        default=0.02, gt=0, description="Attenuation of water (1/mm), about 0.02 at 60-70 keV."
+    )
     bone_threshold_hu: float = Field(default=300.0, description="HU above which bone scaling applies.")
     bone_scale: float = Field(default=1.0, gt=0, description="Multiplier of the HU excess above the threshold.")
 
@@ -69,12 +75,14 @@ class PostConfig(_Config):
     [0, 1], raised to ``gamma``, optionally CLAHE-equalised, then scaled to 0..65535.
     """
 
-    window_percentiles: tuple[float, float] = Field(default=(0.5, 99.5), description="Window (percentiles of the image).")
+    window_percentiles: tuple[float, float] = Field(
+        default=(0.5, 99.5), description="Window (percentiles of the image)."
+    )
     gamma: float = Field(default=1.0, gt=0, description="Display gamma applied after windowing (< 1 brightens lungs).")
     clahe: bool = Field(default=False, description="Contrast-limited adaptive histogram equalisation.")
     clahe_clip: float = Field(default=2.0, gt=0, description="CLAHE clip limit (multiples of the mean bin count).")
     clahe_tiles: int = Field(default=8, ge=1, le=64, description="CLAHE tiles per side.")
-    noise_photons: Optional[float] = Field(
+    noise_photons: float | None = Field(
         default=None, gt=0, description="Unattenuated photons per pixel for Poisson noise; None: no noise."
     )
     seed: int = Field(default=0, description="Noise seed; each item's noise is a function of (seed, volume id, view).")
@@ -125,14 +133,22 @@ class SimulateDRRConfig(_Config):
     out: Path = Field(description="Zarr v3 store (a folder) to create or continue.")
     render: DRRRenderConfig = Field(default_factory=DRRRenderConfig)
     ct: CTLoadConfig = Field(default_factory=CTLoadConfig)
-    workers: Optional[int] = Field(default=None, ge=1, description="Local Dask worker processes (default: one per core, at most one per 3 GB of memory).")
-    scheduler: Optional[str] = Field(default=None, description="Address of a running Dask scheduler; no local cluster.")
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Local Dask worker processes (default: one per core, at most one per 3 GB of memory).",
+    )
+    scheduler: str | None = Field(default=None, description="Address of a running Dask scheduler; no local cluster.")
     device: Device = Field(default="auto", description="'auto': CUDA when available, else CPU.")
-    threads_per_worker: Optional[int] = Field(default=None, ge=1, description="Torch threads per worker (default: cores / workers).")
-    max_failures: int = Field(default=100, ge=0, description="Stop and exit non-zero once more items than this have failed.")
+    threads_per_worker: int | None = Field(
+        default=None, ge=1, description="Torch threads per worker (default: cores / workers)."
+    )
+    max_failures: int = Field(
+        default=100, ge=0, description="Stop and exit non-zero once more items than this have failed."
+    )
     overwrite: bool = Field(default=False, description="Delete the store and render everything again.")
     line_integrals: bool = Field(default=False, description="Also store the raw line integrals (float16) for research.")
-    limit: Optional[int] = Field(default=None, ge=1, description="Render only the first N manifest rows (trial runs).")
+    limit: int | None = Field(default=None, ge=1, description="Render only the first N manifest rows (trial runs).")
 
     @model_validator(mode="after")
     def _one_cluster(self):
@@ -142,8 +158,11 @@ class SimulateDRRConfig(_Config):
 
     def content_sha256(self) -> str:
         """Hash of what decides the stored pixels: render config and CT loading policy."""
-        payload = {"render": self.render.model_dump(mode="json"), "ct": self.ct.model_dump(mode="json"),
-                   "line_integrals": self.line_integrals}
+        payload = {
+            "render": self.render.model_dump(mode="json"),
+            "ct": self.ct.model_dump(mode="json"),
+            "line_integrals": self.line_integrals,
+        }
         return json_sha256(payload)
 
 
@@ -157,6 +176,7 @@ class PreviewConfig(_Config):
 
 # ---------------------------------------------------------------------------------------------
 # Store layout (Zarr v3 group)
+
 
 class ItemStatus:
     """Values of the per-item ``status`` array (the completion mask is ``status == DONE``)."""

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -82,7 +82,8 @@ class EmbedConfig(BaseModel):
     )
     device: Device = Field(default="auto", description="'auto': CUDA when available, else CPU.")
     precision: Precision = Field(
-        default="fp32", description="'bf16': bfloat16 autocast (AMX on CPU, tensor cores on GPU); part of the cache identity."
+        default="fp32",
+        description="'bf16': bfloat16 autocast (AMX on CPU, tensor cores on GPU); part of the cache identity.",
     )
     batch_size: int = Field(default=2, ge=1, le=256, description="Volumes per forward pass.")
     workers: int = Field(
@@ -90,17 +91,17 @@ class EmbedConfig(BaseModel):
         ge=0,
         description="CPU workers that decode and preprocess volumes; 0 runs everything in this process (no Dask).",
     )
-    scheduler: Optional[str] = Field(
+    scheduler: str | None = Field(
         default=None,
         description="Address of a running Dask scheduler (its workers: resources decode=1 / model=1) instead of a LocalCluster.",
     )
-    model_threads: Optional[int] = Field(
+    model_threads: int | None = Field(
         default=None,
         ge=1,
         description="torch threads of a CPU model worker (default: cores minus workers, at least 1; "
         "all cores with workers=0).",
     )
-    prefetch: Optional[int] = Field(
+    prefetch: int | None = Field(
         default=None,
         ge=1,
         description="Volumes in flight (being decoded, decoded, or in the model) at most (default: as many as "
@@ -124,7 +125,7 @@ class EmbedConfig(BaseModel):
     progress: bool = Field(default=True, description="Show a tqdm progress bar.")
 
     @model_validator(mode="after")
-    def _prefetch_holds_a_batch(self) -> "EmbedConfig":
+    def _prefetch_holds_a_batch(self) -> EmbedConfig:
         # A batch is submitted once batch_size volumes are decoded; fewer in flight would never fill one.
         if self.prefetch is not None and self.prefetch < self.batch_size:
             raise ValueError(f"prefetch ({self.prefetch}) must be at least batch_size ({self.batch_size})")
@@ -154,7 +155,7 @@ class EmbedIdentity(BaseModel):
             "precision": self.precision,
         }
 
-    def differences(self, other: "EmbedIdentity") -> list[str]:
+    def differences(self, other: EmbedIdentity) -> list[str]:
         """Names of the fields that differ, with both values shortened, for an error message."""
         mine, theirs = self.model_dump(mode="json"), other.model_dump(mode="json")
         out = []

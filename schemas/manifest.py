@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -62,23 +63,23 @@ class ManifestRow(BaseModel):
     ct_path: str = Field(min_length=1, description="NIfTI (.nii/.nii.gz) or NumPy (.npy/.npz) volume.")
     findings: str = ""
     impressions: str = ""
-    labels: list[Optional[int]] = Field(
+    labels: list[int | None] = Field(
         description=f"{N_LABELS} values in CT-RATE order: 1, 0, or null where the source has no such label."
     )
-    spacing: Optional[tuple[float, float, float]] = Field(
+    spacing: tuple[float, float, float] | None = Field(
         default=None, description="Voxel spacing (mm) along the array's three axes; required for NumPy volumes."
     )
-    orientation: Optional[str] = Field(
+    orientation: str | None = Field(
         default=None,
         description="Anatomical direction each array axis points to (nibabel axcodes, e.g. 'LPS'); NumPy volumes only.",
     )
-    slope: Optional[float] = Field(default=None, description="Rescale slope from a CSV (see HU policy).")
-    intercept: Optional[float] = Field(default=None, description="Rescale intercept from a CSV (see HU policy).")
-    cxr_path: Optional[str] = Field(default=None, description="A real chest radiograph, for external sets.")
+    slope: float | None = Field(default=None, description="Rescale slope from a CSV (see HU policy).")
+    intercept: float | None = Field(default=None, description="Rescale intercept from a CSV (see HU policy).")
+    cxr_path: str | None = Field(default=None, description="A real chest radiograph, for external sets.")
 
     @field_validator("labels")
     @classmethod
-    def _check_labels(cls, v: list[Optional[int]]) -> list[Optional[int]]:
+    def _check_labels(cls, v: list[int | None]) -> list[int | None]:
         if len(v) != N_LABELS:
             raise ValueError(f"expected {N_LABELS} labels in CT-RATE order, got {len(v)}")
         bad = [(CT_RATE_LABELS[i], x) for i, x in enumerate(v) if x not in (0, 1, None)]

@@ -6,7 +6,7 @@ import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,8 +20,8 @@ class Provenance(BaseModel):
     software_version: str
     config: dict[str, Any] = Field(description="The validated stage config, as JSON.")
     config_sha256: str = Field(description="Hash of the part of the config that decides the output's content.")
-    manifest_sha256: Optional[str] = None
-    checkpoint_sha256: Optional[str] = None
+    manifest_sha256: str | None = None
+    checkpoint_sha256: str | None = None
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

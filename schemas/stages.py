@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,9 +16,9 @@ class CTRateManifestConfig(_Config):
     root: Path = Field(description="CT-RATE dataset folder (holds train/ or valid/ and the CSVs below it).")
     split: Literal["train", "valid"]
     out: Path = Field(description="Manifest to write (JSON Lines).")
-    reports_csv: Optional[Path] = Field(default=None, description="Reports CSV; found under root when omitted.")
-    labels_csv: Optional[Path] = Field(default=None, description="Labels CSV; found under root when omitted.")
-    metadata_csv: Optional[Path] = Field(default=None, description="Metadata CSV; found under root when omitted.")
+    reports_csv: Path | None = Field(default=None, description="Reports CSV; found under root when omitted.")
+    labels_csv: Path | None = Field(default=None, description="Labels CSV; found under root when omitted.")
+    metadata_csv: Path | None = Field(default=None, description="Metadata CSV; found under root when omitted.")
 
 
 class RadChestManifestConfig(_Config):
@@ -43,7 +43,9 @@ class SynthConfig(_Config):
     size: int = Field(default=96, ge=32, le=512, description="In-plane matrix size (voxels); slices scale with it.")
     seed: int = Field(default=0, description="Random seed; the output is a pure function of the config.")
     valid_fraction: float = Field(default=0.25, ge=0.0, lt=1.0, description="Share of patients in the valid split.")
-    workers: int = Field(default=2, ge=1, le=64, description="Processes rendering volumes (does not change the output).")
+    workers: int = Field(
+        default=2, ge=1, le=64, description="Processes rendering volumes (does not change the output)."
+    )
     overwrite: bool = Field(default=False, description="Replace the data set in a non-empty output folder.")
 
     def content_fields(self) -> dict:

@@ -10,8 +10,6 @@ comments mark where we compute the same thing a cheaper way.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,8 +38,14 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         inner = int(mult * (2 / 3) * dim)  # 1365 at dim 512, as in the official code
-        _named(self, {"0": nn.LayerNorm(dim), "1": nn.Linear(dim, inner * 2, bias=False),
-                      "4": nn.Linear(inner, dim, bias=False)})
+        _named(
+            self,
+            {
+                "0": nn.LayerNorm(dim),
+                "1": nn.Linear(dim, inner * 2, bias=False),
+                "4": nn.Linear(inner, dim, bias=False),
+            },
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = getattr(self, "1")(getattr(self, "0")(x))
@@ -97,7 +101,7 @@ class Attention(nn.Module):
         n, length, _ = t.shape
         return t.view(n, length, self.heads, self.dim_head).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         q = self._heads(self.to_q(self.norm(x)))
         k, v = (self._heads(t) for t in self.to_kv(x).chunk(2, dim=-1))
         # Under bf16 autocast only the projections are bf16: the attention core runs in fp32,
@@ -131,8 +135,9 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList([Block(dim, dim_head, heads) for _ in range(depth)])
         self.norm_out = LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, shape: tuple[int, int, int, int],
-                attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, shape: tuple[int, int, int, int], attn_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for block in self.layers:
             x = block(x, shape, attn_bias)
         return self.norm_out(x)
@@ -149,11 +154,13 @@ class ContinuousPositionBias(nn.Module):
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.net = nn.ModuleList([
-            nn.Sequential(nn.Linear(2, dim), nn.LeakyReLU(0.1)),
-            nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.1)),
-            nn.Linear(dim, heads),
-        ])
+        self.net = nn.ModuleList(
+            [
+                nn.Sequential(nn.Linear(2, dim), nn.LeakyReLU(0.1)),
+                nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.1)),
+                nn.Linear(dim, heads),
+            ]
+        )
         self._cache: tuple = (None, None)
 
     def _key(self, h: int, w: int, device: torch.device) -> tuple:

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import torch
 
 from schemas.ctclip import CTCLIPConfig
 from schemas.provenance import file_sha256
 
-ALLOWED_EXTRA_KEYS = frozenset({
-    "text_transformer.embeddings.position_ids",
-    "text_transformer.embeddings.token_type_ids",
-})
+ALLOWED_EXTRA_KEYS = frozenset(
+    {
+        "text_transformer.embeddings.position_ids",
+        "text_transformer.embeddings.token_type_ids",
+    }
+)
 PART_PREFIXES = {
     "visual": ("visual_transformer.", "to_visual_latent."),
     "text": ("text_transformer.", "to_text_latent."),
@@ -47,7 +48,7 @@ def part_of(key: str) -> str:
     return "shared"
 
 
-def read_state_dict(path: Union[str, Path], map_location="cpu") -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, map_location="cpu") -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file (weights_only), or a CheckpointError naming the file and the fix."""
     path = Path(path)
     if not path.is_file():
@@ -71,7 +72,7 @@ def read_state_dict(path: Union[str, Path], map_location="cpu") -> dict[str, tor
     return obj
 
 
-def expected_shapes(cfg: Union[CTCLIPConfig, str] = "official") -> dict[str, tuple[int, ...]]:
+def expected_shapes(cfg: CTCLIPConfig | str = "official") -> dict[str, tuple[int, ...]]:
     """Key -> shape of the model's state dict, built on the meta device (no memory, no init time)."""
     from pipeline.ctclip.model import CTCLIP
 
@@ -90,7 +91,9 @@ def compare_keys(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, 
         "missing": sorted(needed - keys),
         "unexpected": sorted(keys - set(expected)),
         "shape_mismatch": sorted(
-            (k, tuple(state[k].shape), expected[k]) for k in keys & set(expected) if tuple(state[k].shape) != expected[k]
+            (k, tuple(state[k].shape), expected[k])
+            for k in keys & set(expected)
+            if tuple(state[k].shape) != expected[k]
         ),
         "allowed_extra": sorted(set(state) & ALLOWED_EXTRA_KEYS),
     }
@@ -118,7 +121,7 @@ def check_keys(path: Path, report: dict, cfg: CTCLIPConfig) -> None:
         )
 
 
-def load_ctclip(path: Union[str, Path], cfg: Union[CTCLIPConfig, str] = "official", map_location="cpu"):
+def load_ctclip(path: str | Path, cfg: CTCLIPConfig | str = "official", map_location="cpu"):
     """A frozen CTCLIP in eval mode with the weights of ``path`` (strict; see the module docstring)."""
     from pipeline.ctclip.config import get_config
     from pipeline.ctclip.model import CTCLIP, build_text_encoder
@@ -148,11 +151,13 @@ def _fill_absent(model: torch.nn.Module) -> None:
                 setattr(module, name, torch.nn.Parameter(torch.full(p.shape, float("nan")), requires_grad=False))
         for name, b in list(module.named_buffers(recurse=False)):
             if b is not None and b.is_meta:
-                module.register_buffer(name, torch.full(b.shape, float("nan")) if b.is_floating_point()
-                                       else torch.zeros(b.shape, dtype=b.dtype))
+                module.register_buffer(
+                    name,
+                    torch.full(b.shape, float("nan")) if b.is_floating_point() else torch.zeros(b.shape, dtype=b.dtype),
+                )
 
 
-def save_ctclip(model: torch.nn.Module, path: Union[str, Path]) -> str:
+def save_ctclip(model: torch.nn.Module, path: str | Path) -> str:
     """Write the state dict (atomically: temporary file, then rename); returns its sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,9 @@ ctclip_app = typer.Typer(help="CT-CLIP (the frozen CT/report teacher): checkpoin
 @friendly_errors
 def inspect(
     ckpt: Path = typer.Argument(..., help="CT-CLIP checkpoint (state dict .pt), e.g. CT-CLIP_v2.pt."),
-    model: str = typer.Option("official", help="CT-CLIP model config (name or JSON path) to check keys against (default: official)."),
+    model: str = typer.Option(
+        "official", help="CT-CLIP model config (name or JSON path) to check keys against (default: official)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Parameter counts per part, temperature, which parts are present, and whether it loads strictly."""

@@ -43,7 +43,7 @@ class PatchEmbedding(nn.Module):
         out = []
         for i in range(0, t, slabs_per_step):
             n = min(slabs_per_step, t - i)
-            part = video[:, :, i * pt:(i + n) * pt].reshape(b, c, n, pt, h, p, w, p)
+            part = video[:, :, i * pt : (i + n) * pt].reshape(b, c, n, pt, h, p, w, p)
             part = part.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, n, h, w, c * pt * p * p)
             out.append(self.embed_patches(part))
         return torch.cat(out, dim=1)

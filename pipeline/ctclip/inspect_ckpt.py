@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 from schemas.ctclip import CTCLIPConfig
 
@@ -18,7 +17,7 @@ GROUPS = (
 )
 
 
-def inspect_checkpoint(path: Union[str, Path], cfg: Union[CTCLIPConfig, str] = "official") -> dict:
+def inspect_checkpoint(path: str | Path, cfg: CTCLIPConfig | str = "official") -> dict:
     from pipeline.ctclip.checkpoint import compare_keys, expected_shapes, file_sha256, read_state_dict
     from pipeline.ctclip.config import get_config
 
@@ -45,8 +44,12 @@ def inspect_checkpoint(path: Union[str, Path], cfg: Union[CTCLIPConfig, str] = "
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"{s['file']}", f"  sha256       {s['sha256']}", f"  keys         {s['keys']}",
-             f"  elements     {s['elements']:,} (parameters and buffers)"]
+    lines = [
+        f"{s['file']}",
+        f"  sha256       {s['sha256']}",
+        f"  keys         {s['keys']}",
+        f"  elements     {s['elements']:,} (parameters and buffers)",
+    ]
     lines += [f"    {name:<28} {n:>13,}" for name, n in s["elements_by_part"].items()]
     if s["temperature"] is None:
         lines.append("  temperature  absent")

@@ -7,7 +7,6 @@ so ``CT-CLIP_v2.pt`` loads strictly (see :mod:`pipeline.ctclip.checkpoint`).
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,17 +22,23 @@ def build_text_encoder(cfg: CTCLIPConfig) -> nn.Module:
 
     t = cfg.text
     config = BertConfig(
-        vocab_size=t.vocab_size, hidden_size=t.hidden_size, num_hidden_layers=t.num_hidden_layers,
-        num_attention_heads=t.num_attention_heads, intermediate_size=t.intermediate_size,
-        max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
-        layer_norm_eps=t.layer_norm_eps, hidden_act="gelu", pad_token_id=0,
+        vocab_size=t.vocab_size,
+        hidden_size=t.hidden_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        intermediate_size=t.intermediate_size,
+        max_position_embeddings=t.max_position_embeddings,
+        type_vocab_size=t.type_vocab_size,
+        layer_norm_eps=t.layer_norm_eps,
+        hidden_act="gelu",
+        pad_token_id=0,
     )
     # The official model holds a BertModel with its (unused) pooler; its weights are in the checkpoint.
     return BertModel(config, add_pooling_layer=True)
 
 
 class CTCLIP(nn.Module):
-    def __init__(self, cfg: Union[CTCLIPConfig, str] = "official"):
+    def __init__(self, cfg: CTCLIPConfig | str = "official"):
         super().__init__()
         if not isinstance(cfg, CTCLIPConfig):
             from pipeline.ctclip.config import get_config
@@ -50,7 +55,7 @@ class CTCLIP(nn.Module):
         self.to_text_latent_extra = nn.Linear(cfg.text.hidden_size, cfg.dim_latent, bias=False)
         self.to_visual_latent_extra = nn.Linear(cfg.visual.pooled_dim, cfg.dim_latent, bias=False)
         # Which parts hold checkpoint weights (set by load_ctclip); None: built here, all parts usable.
-        self.loaded_parts: Optional[frozenset] = None
+        self.loaded_parts: frozenset | None = None
         self.eval()
 
     def _require(self, part: str) -> None:
@@ -69,7 +74,7 @@ class CTCLIP(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.temperature.exp()
 
-    def visual_features(self, volume: torch.Tensor, precision: Optional[Precision] = None) -> VisualOutput:
+    def visual_features(self, volume: torch.Tensor, precision: Precision | None = None) -> VisualOutput:
         """Encoder internals (tokens before quantisation, codebook indices, quantised tokens)."""
         precision = precision or self.precision
         if precision not in ("fp32", "bf16"):
@@ -82,7 +87,7 @@ class CTCLIP(nn.Module):
         w = self.to_visual_latent.weight
         return F.normalize(F.linear(pooled.to(w.dtype), w).float(), dim=-1)
 
-    def encode_ct(self, volume: torch.Tensor, precision: Optional[Precision] = None) -> torch.Tensor:
+    def encode_ct(self, volume: torch.Tensor, precision: Precision | None = None) -> torch.Tensor:
         """volume (B, 1, D, H, W) as made by ``preprocess_ct`` -> L2-normalised latents (B, dim_latent).
 
         ``precision`` overrides the config's: 'fp32' (matches the official code) or

@@ -54,8 +54,7 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(device_type=tokens.device.type, enabled=False):
             codes = F.normalize(self.codebook.float(), dim=-1)
             search = self._search_bf16 if fast_bf16 else self._search_fp32
-            indices = torch.cat([search(F.normalize(chunk.float(), dim=-1), codes)
-                                 for chunk in flat.split(CHUNK)])
+            indices = torch.cat([search(F.normalize(chunk.float(), dim=-1), codes) for chunk in flat.split(CHUNK)])
         rows = self.codebook.float()[indices]
         return rows.reshape(shape), indices.reshape(shape[:-1])
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 NOT_GIVEN = "Not given."
 # Special tokens tokenize() emits. BertTokenizer silently appends any that vocab.txt lacks under new ids
@@ -18,13 +18,13 @@ class TokenizerError(ValueError):
     """The tokenizer folder is unusable; the message names it and the fix."""
 
 
-def _part(text: Optional[str]) -> str:
+def _part(text: str | None) -> str:
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return ""  # the official loader would write str(NaN) = 'nan'; an absent section is empty here
     return "" if str(text) == NOT_GIVEN else str(text)
 
 
-def report_text(findings: Optional[str], impressions: Optional[str]) -> str:
+def report_text(findings: str | None, impressions: str | None) -> str:
     """Findings then impressions as the official loader joins them: no separator, 'Not given.' dropped, cleaned."""
     return clean_report(_part(findings) + _part(impressions))
 
@@ -34,7 +34,7 @@ def clean_report(text: str) -> str:
     return text.translate(str.maketrans("", "", STRIPPED_CHARS))
 
 
-def load_tokenizer(folder: Union[str, Path], vocab_size: Optional[int] = None):
+def load_tokenizer(folder: str | Path, vocab_size: int | None = None):
     """CXR-BERT's WordPiece tokenizer (lower-case) from a local folder holding ``vocab.txt``; no hub access.
 
     ``vocab_size``: the text model's embedding rows; a vocabulary with more tokens (ids the model has no
@@ -57,11 +57,15 @@ def load_tokenizer(folder: Union[str, Path], vocab_size: Optional[int] = None):
         raise TokenizerError(f"{vocab}: unreadable vocabulary ({e}); expected one WordPiece token a line") from e
     missing = [t for t in REQUIRED_TOKENS if t not in set(tokens)]
     if missing:
-        raise TokenizerError(f"{vocab}: not a BERT vocabulary ({len(tokens)} lines, no {' '.join(missing)}); "
-                             "use the vocab.txt of microsoft/BiomedVLP-CXR-BERT-specialized")
+        raise TokenizerError(
+            f"{vocab}: not a BERT vocabulary ({len(tokens)} lines, no {' '.join(missing)}); "
+            "use the vocab.txt of microsoft/BiomedVLP-CXR-BERT-specialized"
+        )
     if vocab_size is not None and len(tokens) > vocab_size:
-        raise TokenizerError(f"{vocab}: {len(tokens)} tokens, but the model's text encoder has {vocab_size}; "
-                             "use the vocabulary the checkpoint was trained with (CXR-BERT's has 30522)")
+        raise TokenizerError(
+            f"{vocab}: {len(tokens)} tokens, but the model's text encoder has {vocab_size}; "
+            "use the vocabulary the checkpoint was trained with (CXR-BERT's has 30522)"
+        )
     return tokenizer
 
 
@@ -75,6 +79,11 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int = 512, pad_to_max_
     """
     if isinstance(texts, str):
         texts = [texts]
-    enc = tokenizer(list(texts), return_tensors="pt", truncation=True, max_length=max_length,
-                    padding="max_length" if pad_to_max_length else "longest")
+    enc = tokenizer(
+        list(texts),
+        return_tensors="pt",
+        truncation=True,
+        max_length=max_length,
+        padding="max_length" if pad_to_max_length else "longest",
+    )
     return enc["input_ids"], enc["attention_mask"]

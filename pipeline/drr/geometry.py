@@ -115,7 +115,9 @@ def plan_projection(shape, affine: np.ndarray, view: View, geo: GeometryConfig) 
     )
 
 
-def axis_aligned(hu: torch.Tensor, affine: np.ndarray, fill: float = -1000.0, slab: int = 32) -> tuple[torch.Tensor, np.ndarray]:
+def axis_aligned(
+    hu: torch.Tensor, affine: np.ndarray, fill: float = -1000.0, slab: int = 32
+) -> tuple[torch.Tensor, np.ndarray]:
     """``(hu, affine)`` unchanged when the voxel axes run along the patient axes; otherwise the
     volume resampled (trilinear) onto an LPS grid of the same spacing that covers it, outside
     filled with ``fill`` (air). Works slab by slab to bound memory."""

@@ -59,7 +59,11 @@ def clahe(x: torch.Tensor, clip_limit: float, tiles: int, bins: int = 256) -> to
     # (tiles, tiles, th*tw) bin indices -> one histogram per tile via bincount on offset indices.
     per_tile = binned.view(tiles, th, tiles, tw).permute(0, 2, 1, 3).reshape(tiles * tiles, th * tw)
     offset = torch.arange(tiles * tiles, device=x.device)[:, None] * bins
-    hist = torch.bincount((per_tile + offset).reshape(-1), minlength=tiles * tiles * bins).view(tiles * tiles, bins).float()
+    hist = (
+        torch.bincount((per_tile + offset).reshape(-1), minlength=tiles * tiles * bins)
+        .view(tiles * tiles, bins)
+        .float()
+    )
     limit = clip_limit * th * tw / bins
     excess = (hist - limit).clamp_(min=0).sum(dim=1, keepdim=True)
     hist = hist.clamp_(max=limit) + excess / bins

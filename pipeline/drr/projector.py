@@ -34,8 +34,8 @@ Memory: the volume plus about 4 x B x U x V floats of slab buffers.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable, Optional
 
 import torch
 
@@ -55,7 +55,7 @@ def _pad_index(pos: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def project(
     volume: torch.Tensor,
     plan: ProjectionPlan,
-    transform: Optional[VoxelTransform] = None,
+    transform: VoxelTransform | None = None,
     slab: int = 16,
 ) -> torch.Tensor:
     """Line integrals (H, W) float32 of ``transform(volume)`` along the rays of ``plan``.
@@ -71,7 +71,7 @@ def project(
     return _project_planes(vol, plan, transform, slab)
 
 
-def _sum_planes(vol: torch.Tensor, transform: Optional[VoxelTransform], slab: int) -> torch.Tensor:
+def _sum_planes(vol: torch.Tensor, transform: VoxelTransform | None, slab: int) -> torch.Tensor:
     """(U, 1, V): the sum over the plane axis of ``transform(vol)``, slab by slab."""
     n_u, n_planes, n_v = vol.shape
     b_max = max(1, min(slab, n_planes))
@@ -87,7 +87,9 @@ def _sum_planes(vol: torch.Tensor, transform: Optional[VoxelTransform], slab: in
     return total
 
 
-def _project_planes(vol: torch.Tensor, plan: ProjectionPlan, transform: Optional[VoxelTransform], slab: int) -> torch.Tensor:
+def _project_planes(
+    vol: torch.Tensor, plan: ProjectionPlan, transform: VoxelTransform | None, slab: int
+) -> torch.Tensor:
     """The separable Joseph projector over the planes of ``vol`` (U, N, V)."""
     dev = vol.device
     n_u, n_planes, n_v = vol.shape
@@ -128,8 +130,9 @@ def _project_planes(vol: torch.Tensor, plan: ProjectionPlan, transform: Optional
         crow = torch.arange(0, height * 2 * b + 1, 2 * b, device=dev)
         with warnings.catch_warnings():  # CSR x dense (MKL, cuSPARSE) is solid here; torch still calls it beta
             warnings.simplefilter("ignore")
-            weights = torch.sparse_csr_tensor(crow, cols.reshape(-1), vals.reshape(-1),
-                                              size=(height, b * (n_v + 2)), check_invariants=False)
+            weights = torch.sparse_csr_tensor(
+                crow, cols.reshape(-1), vals.reshape(-1), size=(height, b * (n_v + 2)), check_invariants=False
+            )
         image += torch.sparse.mm(weights, resampled[:b].view(b * (n_v + 2), width))
 
     return image.mul_(torch.as_tensor(plan.ray_weight, dtype=torch.float32, device=dev))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ def render_volume(
     cfg: DRRRenderConfig,
     device: torch.device | str = "cpu",
     volume_id: str = "",
-    projections: Optional[list[torch.Tensor]] = None,
+    projections: list[torch.Tensor] | None = None,
 ) -> Rendered:
     """Render every view of ``cfg`` from HU (LPS voxel order, ``affine`` voxel -> RAS+ mm)."""
     if projections is None:

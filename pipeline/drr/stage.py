@@ -48,8 +48,7 @@ class StageSummary:
     items: list[ItemResult] = field(default_factory=list)  # this run's results, in completion order
 
 
-def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_json: str,
-                threads: int) -> ItemResult:
+def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_json: str, threads: int) -> ItemResult:
     """Dask task: load one CT, render its views, write its item. Never raises for bad input:
     the failure is written to the item's error chunk and returned."""
     import torch
@@ -65,8 +64,14 @@ def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_js
     cfg = SimulateDRRConfig.model_validate_json(cfg_json)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        ct = load_ct(row.resolved_ct_path(Path(manifest_dir)), cfg.ct, spacing=row.spacing,
-                     orientation=row.orientation, slope=row.slope, intercept=row.intercept)
+        ct = load_ct(
+            row.resolved_ct_path(Path(manifest_dir)),
+            cfg.ct,
+            spacing=row.spacing,
+            orientation=row.orientation,
+            slope=row.slope,
+            intercept=row.intercept,
+        )
         t1, c1 = time.perf_counter(), time.process_time()
         out = render_volume(ct.hu, ct.affine, cfg.render, resolve_device(cfg.device), row.volume_id)
         del ct
@@ -75,8 +80,17 @@ def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_js
         reason = f"{type(e).__name__}: {e}"
         write_failure(store, index, reason)
         return ItemResult(index, row.volume_id, False, reason, time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
-    return ItemResult(index, row.volume_id, True, "", time.perf_counter() - t0, t1 - t0, _peak_rss_mb(),
-                      time.process_time() - c0, c1 - c0)
+    return ItemResult(
+        index,
+        row.volume_id,
+        True,
+        "",
+        time.perf_counter() - t0,
+        t1 - t0,
+        _peak_rss_mb(),
+        time.process_time() - c0,
+        c1 - c0,
+    )
 
 
 def _peak_rss_mb() -> float:
@@ -88,8 +102,13 @@ def _peak_rss_mb() -> float:
 def _provenance(cfg: SimulateDRRConfig, manifest_sha: str) -> Provenance:
     from pipeline._version import __version__
 
-    return Provenance(stage="simulate-drr", software_version=__version__, config=cfg.model_dump(mode="json"),
-                      config_sha256=cfg.content_sha256(), manifest_sha256=manifest_sha)
+    return Provenance(
+        stage="simulate-drr",
+        software_version=__version__,
+        config=cfg.model_dump(mode="json"),
+        config_sha256=cfg.content_sha256(),
+        manifest_sha256=manifest_sha,
+    )
 
 
 def default_workers(cores: int) -> int:
@@ -111,8 +130,9 @@ def _cluster(cfg: SimulateDRRConfig):
         return client, cfg.threads_per_worker or 1, client.close
     workers = cfg.workers or default_workers(cores)
     threads = cfg.threads_per_worker or max(1, cores // workers)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=40)
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
+    )
     client = Client(cluster)
 
     def close():
@@ -147,8 +167,9 @@ def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, ech
     from pipeline.drr.store import failures, open_or_create, read_status, write_failure, write_status_snapshot
 
     sha = manifest_sha256(cfg.manifest)
-    layout = DRRStoreLayout(n_items=len(rows), views=cfg.render.views, size=cfg.render.geometry.size,
-                            line_integrals=cfg.line_integrals)
+    layout = DRRStoreLayout(
+        n_items=len(rows), views=cfg.render.views, size=cfg.render.geometry.size, line_integrals=cfg.line_integrals
+    )
     group = open_or_create(cfg, layout, rows, _provenance(cfg, sha))
     status = read_status(group)
     candidates = range(len(rows)) if cfg.limit is None else range(min(cfg.limit, len(rows)))
@@ -199,8 +220,18 @@ def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqd
 
     def submit():
         i = queue.pop()
-        return client.submit(render_item, store, i, rows[i].model_dump_json(), manifest_dir, cfg_json, threads,
-                             key=f"drr-{i}-{run_token}-{rows[i].volume_id}", pure=False, retries=0)
+        return client.submit(
+            render_item,
+            store,
+            i,
+            rows[i].model_dump_json(),
+            manifest_dir,
+            cfg_json,
+            threads,
+            key=f"drr-{i}-{run_token}-{rows[i].volume_id}",
+            pure=False,
+            retries=0,
+        )
 
     in_flight = {submit() for _ in range(min(n_slots, len(queue)))}
     running = as_completed(list(in_flight))

@@ -43,7 +43,9 @@ from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
 from schemas.manifest import ManifestRow
 from schemas.provenance import Provenance
 
-UINT16_NOTE = "physics: round(clip(windowed display, 0, 1) * 65535); mean-hu: min-max of the mean clipped HU to 0..65535"
+UINT16_NOTE = (
+    "physics: round(clip(windowed display, 0, 1) * 65535); mean-hu: min-max of the mean clipped HU to 0..65535"
+)
 
 
 class StoreMismatchError(ConfigError):
@@ -66,7 +68,9 @@ def store_lock(path: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreBusyError(f"{path} is being written by another simulate-drr run; wait for it or stop it") from None
+            raise StoreBusyError(
+                f"{path} is being written by another simulate-drr run; wait for it or stop it"
+            ) from None
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -78,38 +82,63 @@ def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], pr
     tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
     group = zarr.open_group(str(tmp), mode="w")
     compressor = ZstdCodec(level=layout.zstd_level)
-    group.create_array(layout.images, shape=layout.image_shape, dtype="uint16", chunks=layout.image_chunks,
-                       shards=layout.image_shards, compressors=compressor, fill_value=0)
+    group.create_array(
+        layout.images,
+        shape=layout.image_shape,
+        dtype="uint16",
+        chunks=layout.image_chunks,
+        shards=layout.image_shards,
+        compressors=compressor,
+        fill_value=0,
+    )
     if layout.line_integrals:
-        group.create_array(layout.line_integrals_name, shape=layout.image_shape, dtype="float16",
-                           chunks=layout.image_chunks, shards=layout.image_shards, compressors=compressor, fill_value=0)
+        group.create_array(
+            layout.line_integrals_name,
+            shape=layout.image_shape,
+            dtype="float16",
+            chunks=layout.image_chunks,
+            shards=layout.image_shards,
+            compressors=compressor,
+            fill_value=0,
+        )
     n = layout.n_items
     group.create_array(layout.status, shape=(n,), dtype="uint8", chunks=(1,), fill_value=ItemStatus.PENDING)
     group.create_array(layout.errors, shape=(n,), dtype=str, chunks=(1,), fill_value="")
-    group.create_array(layout.status_snapshot, shape=(n,), dtype="uint8", chunks=(max(n, 1),),
-                       fill_value=ItemStatus.PENDING)
+    group.create_array(
+        layout.status_snapshot, shape=(n,), dtype="uint8", chunks=(max(n, 1),), fill_value=ItemStatus.PENDING
+    )
     ids = group.create_array(layout.ids, shape=(n,), dtype=str, chunks=(max(n, 1),), fill_value="")
     ids[:] = np.array([r.volume_id for r in rows], dtype=object)
-    labels = group.create_array(layout.labels, shape=(n, len(rows[0].labels) if rows else 18), dtype="int8",
-                                chunks=(max(n, 1), 18), fill_value=-1)
+    labels = group.create_array(
+        layout.labels,
+        shape=(n, len(rows[0].labels) if rows else 18),
+        dtype="int8",
+        chunks=(max(n, 1), 18),
+        fill_value=-1,
+    )
     labels[:] = _labels(rows)
-    group.attrs.update({
-        "provenance": provenance.model_dump(mode="json"),
-        "manifest_rows": rows_record(rows),
-        "layout": layout.model_dump(mode="json"),
-        "uint16_mapping": UINT16_NOTE,
-    })
+    group.attrs.update(
+        {
+            "provenance": provenance.model_dump(mode="json"),
+            "manifest_rows": rows_record(rows),
+            "layout": layout.model_dump(mode="json"),
+            "uint16_mapping": UINT16_NOTE,
+        }
+    )
     tmp.rename(path)
     return zarr.open_group(str(path), mode="r+")
 
 
-def check_store(group: zarr.Group, path: Path, cfg: SimulateDRRConfig, manifest_sha: str, n_items: int,
-                grown: bool = False) -> None:
+def check_store(
+    group: zarr.Group, path: Path, cfg: SimulateDRRConfig, manifest_sha: str, n_items: int, grown: bool = False
+) -> None:
     """Refuse to continue a store made from another config, manifest or item count.
     ``grown``: the manifest differs only by rows appended at the end (see :func:`is_grown`)."""
     prov = group.attrs.get("provenance")
     if prov is None:
-        raise StoreMismatchError(f"{path} is not a simulate-drr store (no provenance); choose another --out or use --overwrite")
+        raise StoreMismatchError(
+            f"{path} is not a simulate-drr store (no provenance); choose another --out or use --overwrite"
+        )
     problems = []
     if prov.get("config_sha256") != cfg.content_sha256():
         old = prov.get("config", {})
@@ -119,8 +148,10 @@ def check_store(group: zarr.Group, path: Path, cfg: SimulateDRRConfig, manifest_
         problems.append(f"the render config differs ({detail or 'hash differs'})")
     if prov.get("manifest_sha256") != manifest_sha:
         if not grown:
-            problems.append(f"the manifest differs (store {str(prov.get('manifest_sha256'))[:12]}, now {manifest_sha[:12]}; "
-                            "only rows appended at the end can continue a store)")
+            problems.append(
+                f"the manifest differs (store {str(prov.get('manifest_sha256'))[:12]}, now {manifest_sha[:12]}; "
+                "only rows appended at the end can continue a store)"
+            )
     elif group["images"].shape[0] != n_items:
         problems.append("the number of items differs")
     if problems:
@@ -196,8 +227,13 @@ def grow_store(group: zarr.Group, rows: list[ManifestRow], provenance: Provenanc
             group[name].resize((n,) + group[name].shape[1:])
     group["ids"][:] = np.array([r.volume_id for r in rows], dtype=object)
     group["labels"][:] = _labels(rows)
-    group.attrs.update({"provenance": provenance.model_dump(mode="json"), "manifest_rows": rows_record(rows),
-                        "layout": dict(group.attrs["layout"], n_items=n)})
+    group.attrs.update(
+        {
+            "provenance": provenance.model_dump(mode="json"),
+            "manifest_rows": rows_record(rows),
+            "layout": dict(group.attrs["layout"], n_items=n),
+        }
+    )
 
 
 def _labels(rows: list[ManifestRow]) -> np.ndarray:
@@ -218,8 +254,10 @@ def discard_store(path: Path) -> None:
     except (OSError, ValueError, AttributeError):
         stage = None
     if stage != "simulate-drr":
-        raise StoreMismatchError(f"{path} is not a simulate-drr store; --overwrite deletes only such stores. "
-                                 "Choose another --out or delete it yourself.")
+        raise StoreMismatchError(
+            f"{path} is not a simulate-drr store; --overwrite deletes only such stores. "
+            "Choose another --out or delete it yourself."
+        )
     trash = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex[:8]}")
     path.rename(trash)
     _remove_discarded(path)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_threads
-from typing import Any, Callable, Optional
+from typing import Any
 
 
 class ThreadBackend:
@@ -43,7 +44,7 @@ class ThreadBackend:
         return handle.result()
 
     @staticmethod
-    def error(handle) -> Optional[BaseException]:
+    def error(handle) -> BaseException | None:
         return handle.exception()
 
     def cancel(self, handles) -> None:
@@ -94,8 +95,13 @@ class DaskBackend:
                 for future, result in self._arrivals.next_batch(block=False):
                     if future in self._model_futures:  # not one already reported as failed
                         self._results[future] = result
-            done = {h for h in handles if h in self._results or h.status in ("error", "cancelled", "lost")
-                    or (h.status == "finished" and h not in self._model_futures)}
+            done = {
+                h
+                for h in handles
+                if h in self._results
+                or h.status in ("error", "cancelled", "lost")
+                or (h.status == "finished" and h not in self._model_futures)
+            }
             if done or time.monotonic() >= deadline:
                 return done
             time.sleep(0.01)  # status changes arrive from the scheduler in the background; polling is cheap
@@ -104,7 +110,7 @@ class DaskBackend:
         self._model_futures.discard(handle)
         return self._results.pop(handle)
 
-    def error(self, handle) -> Optional[BaseException]:
+    def error(self, handle) -> BaseException | None:
         if handle.status == "finished":
             return None
         self._model_futures.discard(handle)
@@ -153,7 +159,10 @@ def local_cluster(n_decode: int, n_gpus: int, model_threads: int):
         if n_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(g)
         workers[f"model-{g}"] = {"cls": Nanny, "options": {"nthreads": 1, "resources": {"model": 1}, "env": env}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}  # any free port: never clash with another cluster
+    scheduler = {
+        "cls": Scheduler,
+        "options": {"dashboard_address": ":0"},
+    }  # any free port: never clash with another cluster
     return SpecCluster(workers=workers, scheduler=scheduler, name="embed-ct", silence_logs=logging.WARNING)
 
 
@@ -165,7 +174,7 @@ def _has_bokeh() -> bool:
     return True
 
 
-def make_backend(workers: int, scheduler: Optional[str], n_gpus: int, model_threads: Optional[int]):
+def make_backend(workers: int, scheduler: str | None, n_gpus: int, model_threads: int | None):
     if scheduler:
         from distributed import Client
 

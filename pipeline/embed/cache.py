@@ -36,7 +36,6 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import h5py
 import numpy as np
@@ -53,8 +52,13 @@ ROW_DATASETS = ("ids", "scan_ids", "ct", "report", "labels")
 
 def _row_layout(latent_dim: int) -> dict[str, tuple[tuple[int, ...], object]]:
     """name -> (trailing shape, dtype) of the per-row datasets."""
-    return {"ids": ((), STR), "scan_ids": ((), STR), "ct": ((latent_dim,), np.float32),
-            "report": ((latent_dim,), np.float32), "labels": ((N_LABELS,), np.uint8)}
+    return {
+        "ids": ((), STR),
+        "scan_ids": ((), STR),
+        "ct": ((latent_dim,), np.float32),
+        "report": ((latent_dim,), np.float32),
+        "labels": ((N_LABELS,), np.uint8),
+    }
 
 
 class CacheMismatchError(ValueError):
@@ -82,10 +86,13 @@ class CacheHeader:
 def prompt_texts(template_set: str) -> dict[str, list[str]]:
     """The exact texts embedded for a template set, one per label in CT-RATE order."""
     pos, neg = PROMPT_TEMPLATES[template_set]
-    return {"positive": [pos.format(p=p) for p in CT_RATE_LABELS], "negative": [neg.format(p=p) for p in CT_RATE_LABELS]}
+    return {
+        "positive": [pos.format(p=p) for p in CT_RATE_LABELS],
+        "negative": [neg.format(p=p) for p in CT_RATE_LABELS],
+    }
 
 
-def read_identity(path: Path) -> Optional[EmbedIdentity]:
+def read_identity(path: Path) -> EmbedIdentity | None:
     with h5py.File(path, "r") as f:
         raw = f.attrs.get("identity")
         return None if raw is None else EmbedIdentity.model_validate_json(raw)
@@ -98,8 +105,14 @@ def _fsync_file(path: Path) -> None:
 
 def _write_header(f: h5py.File, header: CacheHeader) -> None:
     for name, (trailing, dtype) in _row_layout(header.latent_dim).items():
-        f.create_dataset(name, shape=(0, *trailing), maxshape=(None, *trailing), dtype=dtype,
-                         chunks=(ROW_CHUNK, *trailing), **COMPRESSION)
+        f.create_dataset(
+            name,
+            shape=(0, *trailing),
+            maxshape=(None, *trailing),
+            dtype=dtype,
+            chunks=(ROW_CHUNK, *trailing),
+            **COMPRESSION,
+        )
     f.create_dataset("label_names", data=np.array(CT_RATE_LABELS, dtype=object), dtype=STR)
     f.create_dataset("temperature", data=np.float32(header.temperature))
     for set_name, (pos, neg) in PROMPT_TEMPLATES.items():
@@ -109,32 +122,41 @@ def _write_header(f: h5py.File, header: CacheHeader) -> None:
         for kind in ("positive", "negative"):
             emb = np.asarray(header.prompts[set_name][kind], dtype=np.float32)
             if emb.shape != (N_LABELS, header.latent_dim):
-                raise ValueError(f"prompt embeddings {set_name}/{kind}: shape {emb.shape}, expected {(N_LABELS, header.latent_dim)}")
+                raise ValueError(
+                    f"prompt embeddings {set_name}/{kind}: shape {emb.shape}, expected {(N_LABELS, header.latent_dim)}"
+                )
             g.create_dataset(kind, data=emb)
             g.create_dataset(f"{kind}_text", data=np.array(texts[kind], dtype=object), dtype=STR)
     f.create_dataset("failures/ids", shape=(0,), maxshape=(None,), dtype=STR, chunks=(ROW_CHUNK,))
     f.create_dataset("failures/reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(ROW_CHUNK,))
     prov = header.provenance
-    f.attrs.update({
-        "layout_version": EMBED_LAYOUT_VERSION,
-        "provenance": prov.model_dump_json(),
-        "identity": header.identity.model_dump_json(),
-        "identity_sha256": header.identity.sha256(),
-        "checkpoint_sha256": header.identity.checkpoint_sha256,
-        "preprocessing": json.dumps(header.identity.preprocessing(), sort_keys=True),
-        "manifest_sha256": prov.manifest_sha256 or "",
-        "manifest_sha256_history": json.dumps([prov.manifest_sha256] if prov.manifest_sha256 else []),
-        "software_version": prov.software_version,
-        "created": prov.created,
-    })
+    f.attrs.update(
+        {
+            "layout_version": EMBED_LAYOUT_VERSION,
+            "provenance": prov.model_dump_json(),
+            "identity": header.identity.model_dump_json(),
+            "identity_sha256": header.identity.sha256(),
+            "checkpoint_sha256": header.identity.checkpoint_sha256,
+            "preprocessing": json.dumps(header.identity.preprocessing(), sort_keys=True),
+            "manifest_sha256": prov.manifest_sha256 or "",
+            "manifest_sha256_history": json.dumps([prov.manifest_sha256] if prov.manifest_sha256 else []),
+            "software_version": prov.software_version,
+            "created": prov.created,
+        }
+    )
 
 
 def _append_rows(f: h5py.File, rows: Rows) -> None:
     n0, n = f["ids"].shape[0], len(rows)
     if n == 0:
         return
-    data = {"ids": np.array(rows.ids, dtype=object), "scan_ids": np.array(rows.scan_ids, dtype=object),
-            "ct": rows.ct, "report": rows.report, "labels": rows.labels}
+    data = {
+        "ids": np.array(rows.ids, dtype=object),
+        "scan_ids": np.array(rows.scan_ids, dtype=object),
+        "ct": rows.ct,
+        "report": rows.report,
+        "labels": rows.labels,
+    }
     for name in ROW_DATASETS:
         f[name].resize(n0 + n, axis=0)
         f[name][n0:] = data[name]
@@ -165,8 +187,9 @@ class EmbeddingCache:
 
     # ---- opening -------------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, identity: EmbedIdentity, *, overwrite: bool = False,
-             manifest_sha256: Optional[str] = None) -> "EmbeddingCache":
+    def open(
+        cls, path: str | Path, identity: EmbedIdentity, *, overwrite: bool = False, manifest_sha256: str | None = None
+    ) -> EmbeddingCache:
         """Lock the cache, refuse a foreign one, clean up after a crash and fold pending shards in.
 
         Does not create the file: if :attr:`exists` is False, call :meth:`create` with the header.
@@ -178,7 +201,9 @@ class EmbeddingCache:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(lock_fd)
-            raise CacheBusyError(f"{path} is being written by another embed-ct process; wait for it or stop it") from None
+            raise CacheBusyError(
+                f"{path} is being written by another embed-ct process; wait for it or stop it"
+            ) from None
         cache = cls(path, identity, lock_fd)
         try:
             cache._prepare(overwrite, manifest_sha256)
@@ -187,7 +212,7 @@ class EmbeddingCache:
             raise
         return cache
 
-    def _prepare(self, overwrite: bool, manifest_sha256: Optional[str]) -> None:
+    def _prepare(self, overwrite: bool, manifest_sha256: str | None) -> None:
         for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # an interrupted merge
             stale.unlink(missing_ok=True)
         self.shards.remove_leftovers()
@@ -217,7 +242,9 @@ class EmbeddingCache:
                 f"{self.path} is not a readable HDF5 file ({e}); move it away or pass --overwrite"
             ) from None
         if theirs is None:
-            raise CacheMismatchError(f"{self.path} is not an embed-ct cache (no 'identity' attribute); choose another --out")
+            raise CacheMismatchError(
+                f"{self.path} is not an embed-ct cache (no 'identity' attribute); choose another --out"
+            )
         if theirs.sha256() != self.identity.sha256():
             diffs = "; ".join(self.identity.differences(theirs))
             raise CacheMismatchError(
@@ -262,7 +289,7 @@ class EmbeddingCache:
         if self.n_pending >= max(self.merge_min_rows, self.merge_fraction * len(self._file_ids)):
             self.merge()
 
-    def merge(self, extra_manifest: Optional[str] = None) -> None:
+    def merge(self, extra_manifest: str | None = None) -> None:
         """Fold the pending shards into a fresh copy of the HDF5 file and move it into place."""
         shard_files = self.shards.files()
         if not self._pending and extra_manifest is None:
@@ -276,8 +303,16 @@ class EmbeddingCache:
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         shutil.copyfile(self.path, tmp)
         with h5py.File(tmp, "r+") as f:
-            _append_rows(f, Rows(ids=[rows.ids[i] for i in keep], scan_ids=[rows.scan_ids[i] for i in keep],
-                                 ct=rows.ct[keep], report=rows.report[keep], labels=rows.labels[keep]))
+            _append_rows(
+                f,
+                Rows(
+                    ids=[rows.ids[i] for i in keep],
+                    scan_ids=[rows.scan_ids[i] for i in keep],
+                    ct=rows.ct[keep],
+                    report=rows.report[keep],
+                    labels=rows.labels[keep],
+                ),
+            )
             failures = dict(zip(f["failures/ids"].asstr()[:], f["failures/reasons"].asstr()[:]))
             failures.update(zip(rows.failed_ids, rows.failed_reasons))
             _replace_failures(f, {k: v for k, v in failures.items() if k not in seen})
@@ -306,7 +341,7 @@ class EmbeddingCache:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
-    def __enter__(self) -> "EmbeddingCache":
+    def __enter__(self) -> EmbeddingCache:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -24,7 +23,7 @@ class ModelSpec:
     model: str  # config name ('official', 'tiny') or JSON path
     device: str  # 'auto', 'cpu' or 'cuda', resolved on the worker (a GPU worker sees only its own GPU)
     precision: str  # 'fp32' or 'bf16'
-    threads: Optional[int] = None  # torch intra-op threads on CPU
+    threads: int | None = None  # torch intra-op threads on CPU
 
 
 class LoadedModel:
@@ -33,7 +32,6 @@ class LoadedModel:
 
         from pipeline.ctclip.checkpoint import load_ctclip
         from pipeline.ctclip.text import load_tokenizer
-
         from pipeline.embed.errors import EmbedError
 
         cuda = torch.cuda.is_available()
@@ -48,8 +46,10 @@ class LoadedModel:
         # temperature: refuse it here, before any volume is read, not once per volume.
         absent = sorted({"visual", "text"} - set(self.model.loaded_parts or ()))
         if absent:
-            raise EmbedError(f"{spec.checkpoint}: has no {' or '.join(absent)} part (it holds "
-                             f"{sorted(self.model.loaded_parts)}); embed-ct needs a full CT-CLIP checkpoint")
+            raise EmbedError(
+                f"{spec.checkpoint}: has no {' or '.join(absent)} part (it holds "
+                f"{sorted(self.model.loaded_parts)}); embed-ct needs a full CT-CLIP checkpoint"
+            )
         self.tokenizer = load_tokenizer(spec.tokenizer, vocab_size=self.model.cfg.text.vocab_size)
 
     def encode_volumes(self, volumes: list[np.ndarray]) -> np.ndarray:

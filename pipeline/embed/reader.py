@@ -60,7 +60,9 @@ def load_embeddings(path: str | Path, include_pending: bool = True) -> Embedding
     parts = path.with_name(path.name + ".parts")
     pending = sorted(p for p in parts.iterdir() if SHARD_NAME.match(p.name)) if parts.is_dir() else []
     if pending and not include_pending:
-        warnings.warn(f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again")
+        warnings.warn(
+            f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again", stacklevel=2
+        )
     elif pending:
         _add_pending(emb, pending, identity_sha256)
     return emb
@@ -73,7 +75,7 @@ def _add_pending(emb: Embeddings, shards: list[Path], identity_sha256: str) -> N
         try:
             rows = read_shard(shard, identity_sha256)
         except Exception as e:  # the writer sets such a file aside on its next run; a reader only skips it
-            warnings.warn(f"{shard}: unusable commit file ({e}); its rows are left out")
+            warnings.warn(f"{shard}: unusable commit file ({e}); its rows are left out", stacklevel=2)
             continue
         new = [i for i, v in enumerate(rows.ids) if v not in known]
         if new:

@@ -36,8 +36,12 @@ class Rows:
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        shapes = {"scan_ids": (len(self.scan_ids),), "ct": self.ct.shape, "report": self.report.shape,
-                  "labels": self.labels.shape}
+        shapes = {
+            "scan_ids": (len(self.scan_ids),),
+            "ct": self.ct.shape,
+            "report": self.report.shape,
+            "labels": self.labels.shape,
+        }
         dim = self.ct.shape[1] if self.ct.ndim == 2 else -1
         expected = {"scan_ids": (n,), "ct": (n, dim), "report": (n, dim), "labels": (n, N_LABELS)}
         bad = {k: v for k, v in shapes.items() if tuple(v) != expected[k]}
@@ -48,11 +52,13 @@ class Rows:
         return len(self.ids)
 
     @staticmethod
-    def concat(parts: list["Rows"]) -> "Rows":
+    def concat(parts: list[Rows]) -> Rows:
         full = [p for p in parts if len(p)]  # commits of failures only have no latents to stack
         if not full:
-            return Rows(failed_ids=[i for p in parts for i in p.failed_ids],
-                        failed_reasons=[r for p in parts for r in p.failed_reasons])
+            return Rows(
+                failed_ids=[i for p in parts for i in p.failed_ids],
+                failed_reasons=[r for p in parts for r in p.failed_reasons],
+            )
         return Rows(
             ids=[i for p in full for i in p.ids],
             scan_ids=[i for p in full for i in p.scan_ids],
@@ -127,7 +133,9 @@ class ShardFolder:
         except Exception as e:  # a damaged or foreign shard must not stop the run; its items are redone
             bad = path.with_name(path.name + ".bad")
             os.replace(path, bad)
-            warnings.warn(f"{path}: unusable commit file ({e}); set aside as {bad.name}, its items will be embedded again")
+            warnings.warn(
+                f"{path}: unusable commit file ({e}); set aside as {bad.name}, its items will be embedded again", stacklevel=2
+            )
             return None
 
     def discard_all(self) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class EmbedSummary:
     model_text_s: float = 0.0
     texts_embedded: int = 0
     stopped_early: bool = False
-    dashboard: Optional[str] = None
+    dashboard: str | None = None
 
 
 def make_identity(cfg: EmbedConfig) -> EmbedIdentity:
@@ -51,16 +51,21 @@ def make_identity(cfg: EmbedConfig) -> EmbedIdentity:
     from pipeline.ctclip.config import get_config
 
     if not cfg.checkpoint.is_file():
-        raise EmbedError(f"checkpoint {cfg.checkpoint} does not exist; give the path of CT-CLIP_v2.pt (or a tiny test checkpoint)")
+        raise EmbedError(
+            f"checkpoint {cfg.checkpoint} does not exist; give the path of CT-CLIP_v2.pt (or a tiny test checkpoint)"
+        )
     vocab = cfg.tokenizer / "vocab.txt"
     if not vocab.is_file():
-        raise EmbedError(f"tokenizer folder {cfg.tokenizer} has no vocab.txt; give the folder of the CXR-BERT vocabulary")
+        raise EmbedError(
+            f"tokenizer folder {cfg.tokenizer} has no vocab.txt; give the folder of the CXR-BERT vocabulary"
+        )
     try:
         model_cfg = get_config(cfg.model)
     except ValueError as e:
         raise EmbedError(str(e)) from None
     return EmbedIdentity(
-        checkpoint_sha256=file_sha256(cfg.checkpoint), tokenizer_sha256=file_sha256(vocab),
+        checkpoint_sha256=file_sha256(cfg.checkpoint),
+        tokenizer_sha256=file_sha256(vocab),
         model_config_json=model_cfg.model_dump(mode="json"),
         # Only what changes the HU values; limits and checks that accept or refuse a volume may change between runs.
         ct_load=cfg.ct.model_dump(mode="json", include={"hu_policy", "padding_below_hu"}),
@@ -93,7 +98,7 @@ def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
     return sorted(rows, key=lambda r: first[r.scan_id])
 
 
-def run_embed(cfg: EmbedConfig, on_commit: Optional[Callable[[int], None]] = None) -> EmbedSummary:
+def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) -> EmbedSummary:
     """Embed every manifest row not yet in ``cfg.out``; see the README section on embed-ct."""
     from pipeline.ctclip.text import report_text
     from pipeline.embed.backends import make_backend
@@ -103,9 +108,14 @@ def run_embed(cfg: EmbedConfig, on_commit: Optional[Callable[[int], None]] = Non
     m_sha = manifest_sha256(cfg.manifest)
     n_gpus = 0 if cfg.scheduler else local_gpus(cfg.device)  # a remote cluster's model workers decide for themselves
     identity = make_identity(cfg)
-    spec = ModelSpec(checkpoint=str(cfg.checkpoint.resolve()), tokenizer=str(cfg.tokenizer.resolve()), model=cfg.model,
-                     device=cfg.device, precision=cfg.precision,
-                     threads=cfg.model_threads)
+    spec = ModelSpec(
+        checkpoint=str(cfg.checkpoint.resolve()),
+        tokenizer=str(cfg.tokenizer.resolve()),
+        model=cfg.model,
+        device=cfg.device,
+        precision=cfg.precision,
+        threads=cfg.model_threads,
+    )
     with EmbeddingCache.open(cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha) as cache:
         cache.merge_fraction, cache.merge_min_rows = cfg.merge_fraction, cfg.merge_min_rows
         done = cache.done_ids()
@@ -122,9 +132,14 @@ def run_embed(cfg: EmbedConfig, on_commit: Optional[Callable[[int], None]] = Non
             # Loads the checkpoint on the model worker first: a wrong one is refused before any volume is read.
             temperature, prompts = backend.call_model(prompt_latents, spec)
             if not cache.exists:
-                prov = Provenance(stage="embed-ct", software_version=_version(), config=cfg.model_dump(mode="json"),
-                                  config_sha256=identity.sha256(), manifest_sha256=m_sha,
-                                  checkpoint_sha256=identity.checkpoint_sha256)
+                prov = Provenance(
+                    stage="embed-ct",
+                    software_version=_version(),
+                    config=cfg.model_dump(mode="json"),
+                    config_sha256=identity.sha256(),
+                    manifest_sha256=m_sha,
+                    checkpoint_sha256=identity.checkpoint_sha256,
+                )
                 cache.create(CacheHeader(identity=identity, provenance=prov, temperature=temperature, prompts=prompts))
             if todo:
                 t_work = time.perf_counter()
@@ -207,18 +222,23 @@ class _Runner:
                 self._fail(row.volume_id, "empty report (no findings or impressions in the manifest)")
                 continue
             path, kwargs = load_kwargs_of(row, self.manifest_dir)
-            h = self.backend.decode(decode_volume, row.volume_id, path, kwargs, self.cfg.ct.model_dump(), self.cfg.model)
+            h = self.backend.decode(
+                decode_volume, row.volume_id, path, kwargs, self.cfg.ct.model_dump(), self.cfg.model
+            )
             self.decoding[h] = row
 
     def _submit_batches(self, final: bool) -> None:
         while self.ready and len(self.batches) < self.max_batches and (len(self.ready) >= self.cfg.batch_size or final):
-            chunk, self.ready = self.ready[: self.cfg.batch_size], self.ready[self.cfg.batch_size:]
+            chunk, self.ready = self.ready[: self.cfg.batch_size], self.ready[self.cfg.batch_size :]
             self._submit([r for r, _ in chunk], [d for _, d in chunk])
 
     def _submit(self, rows: list[ManifestRow], decoded: list) -> None:
         """One model task; it carries the texts no finished or running task embeds (each text embedded once)."""
-        texts = [t for t in dict.fromkeys(self.text(r) for r in rows)
-                 if t not in self.text_latents and t not in self.texts_in_flight]
+        texts = [
+            t
+            for t in dict.fromkeys(self.text(r) for r in rows)
+            if t not in self.text_latents and t not in self.texts_in_flight
+        ]
         h = self.backend.embed(embed_batch, self.spec, decoded, texts)
         self.batches[h] = (rows, texts)
         self.texts_in_flight.update(texts)
@@ -267,12 +287,15 @@ class _Runner:
         if not done:
             return
         self.waiting = [(r, z) for r, z in self.waiting if self.text(r) not in self.text_latents]
-        self.buffer.append(Rows(
-            ids=[r.volume_id for r, _ in done], scan_ids=[r.scan_id for r, _ in done],
-            ct=np.stack([z for _, z in done]).astype(np.float32),
-            report=np.stack([self.text_latents[self.text(r)] for r, _ in done]).astype(np.float32),
-            labels=np.stack([labels_u8(r.labels) for r, _ in done]),
-        ))
+        self.buffer.append(
+            Rows(
+                ids=[r.volume_id for r, _ in done],
+                scan_ids=[r.scan_id for r, _ in done],
+                ct=np.stack([z for _, z in done]).astype(np.float32),
+                report=np.stack([self.text_latents[self.text(r)] for r, _ in done]).astype(np.float32),
+                labels=np.stack([labels_u8(r.labels) for r, _ in done]),
+            )
+        )
         self.buffered += len(done)
         self.summary.embedded += len(done)
         self.bar.update(len(done))
@@ -281,7 +304,9 @@ class _Runner:
         """A failed task's texts: embed them once more (a text-only task) if other rows need them."""
         for t in texts:
             self.text_errors[t] = reason
-        needed = {self.text(r) for r, _ in self.waiting} | {self.text(r) for rows, _ in self.batches.values() for r in rows}
+        needed = {self.text(r) for r, _ in self.waiting} | {
+            self.text(r) for rows, _ in self.batches.values() for r in rows
+        }
         retry = [t for t in texts if t in needed and t not in self.texts_retried]
         if retry:
             self.texts_retried.update(retry)
@@ -292,9 +317,11 @@ class _Runner:
 
     def _sweep(self) -> None:
         """Fail the waiting rows whose report latent nothing will deliver any more."""
+
         def stuck(r):
             t = self.text(r)
             return t not in self.text_latents and t not in self.texts_in_flight
+
         for r, _ in self.waiting:
             if stuck(r):
                 self._fail(r.volume_id, f"report embedding failed: {self.text_errors.get(self.text(r), 'unknown')}")

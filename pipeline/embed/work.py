@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +35,9 @@ class BatchResult:
     timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # id -> (load_s, preprocess_s)
 
 
-def decode_volume(volume_id: str, ct_path: str, load_kwargs: dict[str, Any], ct_cfg: dict[str, Any],
-                  model: str) -> DecodedVolume:
+def decode_volume(
+    volume_id: str, ct_path: str, load_kwargs: dict[str, Any], ct_cfg: dict[str, Any], model: str
+) -> DecodedVolume:
     """Read one CT and make it the model's input; any failure becomes :class:`ItemFailed` with a reason."""
     from pipeline.ct_io import CTLoadError, load_ct
     from pipeline.ctclip.config import get_config
@@ -74,12 +75,19 @@ def embed_batch(spec, volumes: list[DecodedVolume], texts: list[str]) -> BatchRe
             try:
                 ct[v.volume_id] = model.encode_volumes([v.array])[0]
             except Exception as e:
-                errors[v.volume_id] = f"CT-CLIP forward pass failed ({type(e).__name__}: {e}); input shape {v.array.shape}"
+                errors[v.volume_id] = (
+                    f"CT-CLIP forward pass failed ({type(e).__name__}: {e}); input shape {v.array.shape}"
+                )
     t1 = time.perf_counter()
     text_latents = model.encode_texts(texts) if texts else np.zeros((0, 512), np.float32)
-    return BatchResult(ct=ct, errors=errors, texts=dict(zip(texts, text_latents)), ct_s=t1 - t0,
-                       text_s=time.perf_counter() - t1,
-                       timings={v.volume_id: (v.load_s, v.preprocess_s) for v in volumes})
+    return BatchResult(
+        ct=ct,
+        errors=errors,
+        texts=dict(zip(texts, text_latents)),
+        ct_s=t1 - t0,
+        text_s=time.perf_counter() - t1,
+        timings={v.volume_id: (v.load_s, v.preprocess_s) for v in volumes},
+    )
 
 
 def load_kwargs_of(row, manifest_dir) -> tuple[str, dict[str, Any]]:
@@ -89,7 +97,7 @@ def load_kwargs_of(row, manifest_dir) -> tuple[str, dict[str, Any]]:
     return path, kwargs
 
 
-def labels_u8(labels: list[Optional[int]]) -> np.ndarray:
+def labels_u8(labels: list[int | None]) -> np.ndarray:
     from schemas.embed import LABEL_MISSING
 
     return np.array([LABEL_MISSING if v is None else v for v in labels], dtype=np.uint8)

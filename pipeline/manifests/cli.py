@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from pipeline.cli_errors import friendly_errors
 
-manifest_app = typer.Typer(help="Build a manifest (JSON Lines, one volume a line) from a data folder.", no_args_is_help=True)
+manifest_app = typer.Typer(
+    help="Build a manifest (JSON Lines, one volume a line) from a data folder.", no_args_is_help=True
+)
 
 CONFIG = typer.Option(None, "--config", help="YAML or JSON file with these options; flags override it.")
 
@@ -32,53 +33,70 @@ def _finish(result, out: Path) -> None:
 @manifest_app.command("ct-rate")
 @friendly_errors
 def ct_rate(
-    root: Optional[Path] = typer.Option(None, help="CT-RATE dataset folder (volumes and CSVs below it)."),
-    split: Optional[str] = typer.Option(None, help="train or valid."),
-    out: Optional[Path] = typer.Option(None, help="Manifest file to write (.jsonl)."),
-    reports_csv: Optional[Path] = typer.Option(None, help="Reports CSV (default: found under --root)."),
-    labels_csv: Optional[Path] = typer.Option(None, help="Labels CSV (default: found under --root)."),
-    metadata_csv: Optional[Path] = typer.Option(None, help="Metadata CSV (default: found under --root; optional)."),
-    config: Optional[Path] = CONFIG,
+    root: Path | None = typer.Option(None, help="CT-RATE dataset folder (volumes and CSVs below it)."),
+    split: str | None = typer.Option(None, help="train or valid."),
+    out: Path | None = typer.Option(None, help="Manifest file to write (.jsonl)."),
+    reports_csv: Path | None = typer.Option(None, help="Reports CSV (default: found under --root)."),
+    labels_csv: Path | None = typer.Option(None, help="Labels CSV (default: found under --root)."),
+    metadata_csv: Path | None = typer.Option(None, help="Metadata CSV (default: found under --root; optional)."),
+    config: Path | None = CONFIG,
 ) -> None:
     """Join CT-RATE volumes with their reports, labels and metadata; report what does not join."""
     from pipeline.config_file import build_config
     from pipeline.manifests.ct_rate import build_ct_rate
     from schemas.stages import CTRateManifestConfig
 
-    cfg = build_config(CTRateManifestConfig, config, dict(root=root, split=split, out=out, reports_csv=reports_csv,
-                                                          labels_csv=labels_csv, metadata_csv=metadata_csv))
+    cfg = build_config(
+        CTRateManifestConfig,
+        config,
+        dict(
+            root=root, split=split, out=out, reports_csv=reports_csv, labels_csv=labels_csv, metadata_csv=metadata_csv
+        ),
+    )
     _finish(build_ct_rate(cfg), cfg.out)
 
 
 @manifest_app.command("radchest")
 @friendly_errors
 def radchest(
-    volumes: Optional[Path] = typer.Option(None, help="Folder of NumPy HU volumes (.npz/.npy)."),
-    labels_csv: Optional[Path] = typer.Option(None, help="RadChest-CT labels CSV (abnormality*location columns)."),
-    spacing_csv: Optional[Path] = typer.Option(None, help="CSV: VolumeName, XSpacing, YSpacing, ZSpacing (mm)."),
-    orientation: Optional[str] = typer.Option(None, help="Axcodes of the stored array axes (default: SPL)."),
-    split: Optional[str] = typer.Option(None, help="Split recorded in the rows (default: external)."),
-    out: Optional[Path] = typer.Option(None, help="Manifest file to write (.jsonl)."),
-    config: Optional[Path] = CONFIG,
+    volumes: Path | None = typer.Option(None, help="Folder of NumPy HU volumes (.npz/.npy)."),
+    labels_csv: Path | None = typer.Option(None, help="RadChest-CT labels CSV (abnormality*location columns)."),
+    spacing_csv: Path | None = typer.Option(None, help="CSV: VolumeName, XSpacing, YSpacing, ZSpacing (mm)."),
+    orientation: str | None = typer.Option(None, help="Axcodes of the stored array axes (default: SPL)."),
+    split: str | None = typer.Option(None, help="Split recorded in the rows (default: external)."),
+    out: Path | None = typer.Option(None, help="Manifest file to write (.jsonl)."),
+    config: Path | None = CONFIG,
 ) -> None:
     """RadChest-CT style set: labels mapped to the CT-RATE 18 where they overlap (others null)."""
     from pipeline.config_file import build_config
     from pipeline.manifests.others import build_radchest
     from schemas.stages import RadChestManifestConfig
 
-    cfg = build_config(RadChestManifestConfig, config, dict(volumes=volumes, labels_csv=labels_csv, spacing_csv=spacing_csv,
-                                                            orientation=orientation, split=split, out=out))
+    cfg = build_config(
+        RadChestManifestConfig,
+        config,
+        dict(
+            volumes=volumes,
+            labels_csv=labels_csv,
+            spacing_csv=spacing_csv,
+            orientation=orientation,
+            split=split,
+            out=out,
+        ),
+    )
     _finish(build_radchest(cfg), cfg.out)
 
 
 @manifest_app.command("generic")
 @friendly_errors
 def generic(
-    volumes: Optional[Path] = typer.Option(None, help="Folder of NIfTI volumes (searched recursively)."),
-    table: Optional[Path] = typer.Option(None, help="CSV: VolumeName, Findings_EN, Impressions_EN, label columns, optional CXRPath."),
-    split: Optional[str] = typer.Option(None, help="Split recorded in the rows (default: external)."),
-    out: Optional[Path] = typer.Option(None, help="Manifest file to write (.jsonl)."),
-    config: Optional[Path] = CONFIG,
+    volumes: Path | None = typer.Option(None, help="Folder of NIfTI volumes (searched recursively)."),
+    table: Path | None = typer.Option(
+        None, help="CSV: VolumeName, Findings_EN, Impressions_EN, label columns, optional CXRPath."
+    ),
+    split: str | None = typer.Option(None, help="Split recorded in the rows (default: external)."),
+    out: Path | None = typer.Option(None, help="Manifest file to write (.jsonl)."),
+    config: Path | None = CONFIG,
 ) -> None:
     """Any folder of NIfTI volumes plus one table; absent label columns become null labels."""
     from pipeline.config_file import build_config

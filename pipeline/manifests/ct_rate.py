@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from pipeline.manifests.tables import Problem, TableError, TableRow, parse_labels, read_table
 from schemas.labels import CT_RATE_LABELS
@@ -36,9 +35,7 @@ def find_volumes(root: Path, split: str) -> dict[str, Path]:
 
 def find_table(root: Path, split: str, kind: str) -> Path:
     """The one CSV under ``root`` whose name mentions ``kind`` and the split (train / valid[ation])."""
-    candidates = [
-        p for p in sorted(root.rglob("*.csv")) if kind in p.name.lower() and split in p.name.lower()
-    ]
+    candidates = [p for p in sorted(root.rglob("*.csv")) if kind in p.name.lower() and split in p.name.lower()]
     if len(candidates) != 1:
         found = [str(c) for c in candidates]
         raise TableError(
@@ -48,7 +45,7 @@ def find_table(root: Path, split: str, kind: str) -> Path:
     return candidates[0]
 
 
-def _spacing(meta: Optional[TableRow]) -> Optional[tuple[float, float, float]]:
+def _spacing(meta: TableRow | None) -> tuple[float, float, float] | None:
     if meta is None:
         return None
     try:
@@ -59,7 +56,7 @@ def _spacing(meta: Optional[TableRow]) -> Optional[tuple[float, float, float]]:
         return None
 
 
-def _float(meta: Optional[TableRow], key: str) -> Optional[float]:
+def _float(meta: TableRow | None, key: str) -> float | None:
     if meta is None:
         return None
     try:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from pipeline.manifests.ct_rate import BuildResult
 from pipeline.manifests.tables import Problem, TableError, TableRow, parse_labels, read_table
@@ -36,14 +35,14 @@ def _group_ids(vid: str) -> tuple[str, str, str]:
     return vid, vid, vid
 
 
-def map_radchest_labels(row: TableRow, source: str, vid: str, problems: list[Problem]) -> Optional[list[Optional[int]]]:
+def map_radchest_labels(row: TableRow, source: str, vid: str, problems: list[Problem]) -> list[int | None] | None:
     """CT-RATE labels from RadChest ``abnormality*location`` columns (or bare ``abnormality`` columns)."""
     by_abnormality: dict[str, list[str]] = {}
     for column, value in row.values.items():
         if column == "VolumeName" or column is None:
             continue
         by_abnormality.setdefault(column.split("*", 1)[0].strip().lower(), []).append(value)
-    labels: list[Optional[int]] = []
+    labels: list[int | None] = []
     for name in CT_RATE_LABELS:
         values = [v for abn in radchest_mapping().get(name, ()) for v in by_abnormality.get(abn, [])]
         if not values:
@@ -54,7 +53,9 @@ def map_radchest_labels(row: TableRow, source: str, vid: str, problems: list[Pro
         except (TypeError, ValueError):
             numbers = {-1.0}
         if not numbers <= {0.0, 1.0}:
-            problems.append(Problem(source, row.index, vid, f"values for {name!r} are not all 0 or 1: {sorted(set(values))[:5]}"))
+            problems.append(
+                Problem(source, row.index, vid, f"values for {name!r} are not all 0 or 1: {sorted(set(values))[:5]}")
+            )
             return None
         labels.append(int(1.0 in numbers))
     return labels
@@ -85,9 +86,19 @@ def build_radchest(cfg: RadChestManifestConfig) -> BuildResult:
         if mapped is None:
             continue
         patient, scan, recon = _group_ids(vid)
-        rows.append(ManifestRow(volume_id=vid, patient_id=patient, scan_id=scan, reconstruction_id=recon,
-                                split=cfg.split, ct_path=str(path.resolve()), labels=mapped, spacing=sp,
-                                orientation=cfg.orientation))
+        rows.append(
+            ManifestRow(
+                volume_id=vid,
+                patient_id=patient,
+                scan_id=scan,
+                reconstruction_id=recon,
+                split=cfg.split,
+                ct_path=str(path.resolve()),
+                labels=mapped,
+                spacing=sp,
+                orientation=cfg.orientation,
+            )
+        )
     return BuildResult(rows, problems)
 
 
@@ -108,9 +119,18 @@ def build_generic(cfg: GenericManifestConfig) -> BuildResult:
         if labels is None:
             continue
         patient, scan, recon = _group_ids(vid)
-        rows.append(ManifestRow(volume_id=vid, patient_id=patient, scan_id=scan, reconstruction_id=recon,
-                                split=cfg.split, ct_path=str(path.resolve()),
-                                findings=(row.values.get("Findings_EN") or "").strip(),
-                                impressions=(row.values.get("Impressions_EN") or "").strip(),
-                                labels=labels, cxr_path=(row.values.get("CXRPath") or None)))
+        rows.append(
+            ManifestRow(
+                volume_id=vid,
+                patient_id=patient,
+                scan_id=scan,
+                reconstruction_id=recon,
+                split=cfg.split,
+                ct_path=str(path.resolve()),
+                findings=(row.values.get("Findings_EN") or "").strip(),
+                impressions=(row.values.get("Impressions_EN") or "").strip(),
+                labels=labels,
+                cxr_path=(row.values.get("CXRPath") or None),
+            )
+        )
     return BuildResult(rows, problems)

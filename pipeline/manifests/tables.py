@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Optional
 
 from schemas.labels import CT_RATE_LABELS
 from schemas.manifest import strip_volume_suffix
@@ -20,8 +20,8 @@ class TableError(ValueError):
 @dataclass(frozen=True)
 class Problem:
     source: str
-    row: Optional[int]  # 1-based data row (the header is row 0); None for whole-item problems
-    volume_id: Optional[str]
+    row: int | None  # 1-based data row (the header is row 0); None for whole-item problems
+    volume_id: str | None
     problem: str
 
     def line(self) -> str:
@@ -49,7 +49,14 @@ def read_table(path: Path, required: Iterable[str], problems: list[Problem]) -> 
         bad_bytes = False
     except UnicodeDecodeError as e:
         line_no = raw[: e.start].count(b"\n") + 1
-        problems.append(Problem(str(path), None, None, f"not UTF-8 (first bad byte on line {line_no}); rows with undecodable text are skipped; re-save the file as UTF-8"))
+        problems.append(
+            Problem(
+                str(path),
+                None,
+                None,
+                f"not UTF-8 (first bad byte on line {line_no}); rows with undecodable text are skipped; re-save the file as UTF-8",
+            )
+        )
         text = raw.decode("utf-8-sig", errors="replace")
         bad_bytes = True
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -75,13 +82,13 @@ def read_table(path: Path, required: Iterable[str], problems: list[Problem]) -> 
 
 def parse_labels(
     row: TableRow, source: str, vid: str, problems: list[Problem], required: bool = True
-) -> Optional[list[Optional[int]]]:
+) -> list[int | None] | None:
     """The 18 CT-RATE labels of a table row; None (and a recorded problem) if any value is not 0 or 1.
 
     With ``required=False`` a missing or empty column gives a null label instead.
     """
     index = row.index
-    labels: list[Optional[int]] = []
+    labels: list[int | None] = []
     for name in CT_RATE_LABELS:
         value = row.values.get(name)
         if value is None or value.strip() == "":
@@ -101,7 +108,7 @@ def parse_labels(
     return labels
 
 
-def write_problems(problems: list[Problem], manifest_path: Path) -> Optional[Path]:
+def write_problems(problems: list[Problem], manifest_path: Path) -> Path | None:
     """Problems go next to the manifest as ``<manifest>.problems.jsonl``; none -> the file is removed."""
     path = manifest_path.with_name(manifest_path.name + ".problems.jsonl")
     if not problems:

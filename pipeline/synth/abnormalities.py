@@ -41,10 +41,15 @@ from pipeline.synth.airways import LOBE_INDEX, BranchSet
 from pipeline.synth.anatomy import FLUID, SIDE_SIGN, Chest
 from pipeline.synth.canvas import Canvas
 from pipeline.synth.findings import Findings, sides_of
-from pipeline.synth.geometry import (Tubes, ellipsoid_fraction, ellipsoid_level, sample_field, smooth_noise_field,
-                                     soft_inside)
+from pipeline.synth.geometry import (
+    Tubes,
+    ellipsoid_fraction,
+    ellipsoid_level,
+    sample_field,
+    smooth_noise_field,
+    soft_inside,
+)
 from schemas.labels import CT_RATE_LABELS
-
 
 
 def finding_rng(seed: int, label: str, k: int = 0) -> np.random.Generator:
@@ -54,8 +59,9 @@ def finding_rng(seed: int, label: str, k: int = 0) -> np.random.Generator:
 
 def _field(chest: Chest, rng: np.random.Generator, cell: float, smooth: float = 1.0):
     cx, cy, rx, ry = chest.cavity
-    return smooth_noise_field(rng, cell, (-rx - 10, cy - ry - 10, -10), (rx + 10, cy + ry + 10,
-                                                                          chest.p.scan_length + 10), smooth)
+    return smooth_noise_field(
+        rng, cell, (-rx - 10, cy - ry - 10, -10), (rx + 10, cy + ry + 10, chest.p.scan_length + 10), smooth
+    )
 
 
 def _upper_weight(chest: Chest, Z):
@@ -139,7 +145,7 @@ def lung_opacity(c: Canvas, chest: Chest, f: Findings, seed: int) -> None:
     rng = finding_rng(seed, "Lung opacity")
     field = _field(chest, rng, 5.0, 1.5)
     for side, lobe in zip(sides_of(d["side"]), d["lobes"]):
-        for k in range(d["n_patches"]):
+        for _k in range(d["n_patches"]):
             center = chest.random_lung_point(rng, side, lobe, margin=5.0)
             r = rng.uniform(18.0, 40.0)
             res = ellipsoid_fraction(c.grid, center, (r, r * rng.uniform(0.7, 1.0), r * rng.uniform(0.8, 1.3)))

@@ -22,10 +22,22 @@ LOBE_INDEX = {"upper": 0, "middle": 1, "lower": 2}
 
 # (lobe, direction as (lateral, posterior, superior)); lateral is multiplied by the side's sign.
 _ROOTS = {
-    "right": [("upper", (0.55, 0.1, 1.0)), ("upper", (0.5, -0.7, 0.6)), ("middle", (0.6, -0.9, -0.3)),
-              ("lower", (0.3, 1.0, 0.05)), ("lower", (0.45, 0.45, -1.0)), ("lower", (0.1, 0.2, -1.0))],
-    "left": [("upper", (0.5, 0.15, 1.0)), ("upper", (0.55, -0.8, 0.4)), ("upper", (0.6, -0.9, -0.4)),
-             ("lower", (0.3, 1.0, 0.05)), ("lower", (0.45, 0.45, -1.0)), ("lower", (0.1, 0.2, -1.0))],
+    "right": [
+        ("upper", (0.55, 0.1, 1.0)),
+        ("upper", (0.5, -0.7, 0.6)),
+        ("middle", (0.6, -0.9, -0.3)),
+        ("lower", (0.3, 1.0, 0.05)),
+        ("lower", (0.45, 0.45, -1.0)),
+        ("lower", (0.1, 0.2, -1.0)),
+    ],
+    "left": [
+        ("upper", (0.5, 0.15, 1.0)),
+        ("upper", (0.55, -0.8, 0.4)),
+        ("upper", (0.6, -0.9, -0.4)),
+        ("lower", (0.3, 1.0, 0.05)),
+        ("lower", (0.45, 0.45, -1.0)),
+        ("lower", (0.1, 0.2, -1.0)),
+    ],
 }
 
 
@@ -110,9 +122,14 @@ def _branchset(items: list[tuple], side_i: list[int]) -> BranchSet:
         e = np.zeros(0, np.int8)
         return BranchSet(Tubes.empty(), e, e.copy(), e.copy())
     return BranchSet(
-        Tubes(np.array([it[0] for it in items]), np.array([it[1] for it in items]),
-              np.array([it[2] for it in items], float), np.array([it[3] for it in items], float)),
-        np.array(side_i, np.int8), np.array([it[5] for it in items], np.int8),
+        Tubes(
+            np.array([it[0] for it in items]),
+            np.array([it[1] for it in items]),
+            np.array([it[2] for it in items], float),
+            np.array([it[3] for it in items], float),
+        ),
+        np.array(side_i, np.int8),
+        np.array([it[5] for it in items], np.int8),
         np.array([it[4] for it in items], np.int8),
     )
 
@@ -126,13 +143,18 @@ def grow_lung_trees(chest: Chest, seed: int, rmin: float = 0.6, max_gen: int = 1
         hilum = chest.hila[side]
         roots = _ROOTS[side]
         lobes = [LOBE_INDEX[lobe] for lobe, _ in roots]
-        dirs = np.array([(s * lat, post, sup) for _, (lat, post, sup) in roots]) + 0.15 * rng.standard_normal((len(roots), 3))
-        a, b = _grow_side(chest, rng, side, np.repeat(hilum[None], len(roots), 0), dirs, lobes, 4.6, 30.0, max_gen, rmin)
+        dirs = np.array([(s * lat, post, sup) for _, (lat, post, sup) in roots]) + 0.15 * rng.standard_normal(
+            (len(roots), 3)
+        )
+        a, b = _grow_side(
+            chest, rng, side, np.repeat(hilum[None], len(roots), 0), dirs, lobes, 4.6, 30.0, max_gen, rmin
+        )
         # veins drain towards the left atrium, below and in front of the hilum
         vstart = hilum + np.array([-s * 4.0, -14.0, -22.0])
         vdirs = dirs + np.array([0.0, -0.2, -0.25]) + 0.25 * rng.standard_normal(dirs.shape)
-        v, _ = _grow_side(chest, rng, side, np.repeat(vstart[None], len(roots), 0), vdirs, lobes, 4.2, 28.0,
-                          max_gen, rmin)
+        v, _ = _grow_side(
+            chest, rng, side, np.repeat(vstart[None], len(roots), 0), vdirs, lobes, 4.2, 28.0, max_gen, rmin
+        )
         arts += a
         brs += b
         veins += v

@@ -172,7 +172,7 @@ class Chest:
         cm = self.findings.details.get("Cardiomegaly")
         if cm:
             scale *= cm["scale"]
-        radii = np.array([0.5 * rx, 0.38 * ry + 4.0, 50.0]) * np.array([scale, scale, scale ** 0.6])
+        radii = np.array([0.5 * rx, 0.38 * ry + 4.0, 50.0]) * np.array([scale, scale, scale**0.6])
         center = np.array([0.14 * rx * scale, cy - 0.36 * ry + 0.25 * (radii[1] - 0.4 * ry), 0.0])
         center[2] = self.dome_z("left") + 0.55 * radii[2]
         return center, radii, self.p.heart_rot
@@ -267,8 +267,9 @@ class Chest:
         middle = (~lower) & (Z < horizontal) if side == "right" else np.zeros_like(lower)
         return np.where(lower, 2, np.where(middle, 1, 0))
 
-    def random_lung_point(self, rng: np.random.Generator, side: str, lobe: str | None = None,
-                          margin: float = 0.0) -> np.ndarray:
+    def random_lung_point(
+        self, rng: np.random.Generator, side: str, lobe: str | None = None, margin: float = 0.0
+    ) -> np.ndarray:
         """A point inside the lung of ``side`` (and ``lobe``) at least ``margin`` mm from its edge.
 
         Rejection sampling; if a small lobe cannot hold the margin, the margin is relaxed, then the lobe, so a
@@ -279,11 +280,13 @@ class Chest:
         lobe_idx = {"upper": 0, "middle": 1, "lower": 2}.get(lobe or "", None)
         for m, want_lobe in ((margin, True), (margin / 2, True), (0.0, True), (0.0, False)):
             for _ in range(24):
-                pts = np.column_stack([
-                    s * rng.uniform(0.0, rx, 256),
-                    rng.uniform(cy - ry, cy + ry, 256),
-                    rng.uniform(self.diaphragm_z(side, 0.0, cy + ry), self.apex_z, 256),
-                ])
+                pts = np.column_stack(
+                    [
+                        s * rng.uniform(0.0, rx, 256),
+                        rng.uniform(cy - ry, cy + ry, 256),
+                        rng.uniform(self.diaphragm_z(side, 0.0, cy + ry), self.apex_z, 256),
+                    ]
+                )
                 ok = self._inside_with_margin(side, pts, m)
                 if lobe_idx is not None and want_lobe:
                     ok &= self.lobe_of(side, pts[:, 0], pts[:, 1], pts[:, 2]) == lobe_idx
@@ -354,13 +357,22 @@ class Chest:
         cz, ty = self.carina_z, self.trachea_y
         H = self.hila
         top = self.p.scan_length + 10.0
-        trunk = smooth_polyline(np.array([
-            (hc[0] + 0.15 * hr[0], hc[1] - 0.75 * hr[1], hc[2] + 0.45 * hr[2]),
-            (14.0, ty - 38.0, cz - 14.0), (8.0, ty - 20.0, cz - 8.0)]), 4)
+        trunk = smooth_polyline(
+            np.array(
+                [
+                    (hc[0] + 0.15 * hr[0], hc[1] - 0.75 * hr[1], hc[2] + 0.45 * hr[2]),
+                    (14.0, ty - 38.0, cz - 14.0),
+                    (8.0, ty - 20.0, cz - 8.0),
+                ]
+            ),
+            4,
+        )
         rpa = np.array([(8.0, ty - 20.0, cz - 8.0), (-20.0, ty - 12.0, cz - 14.0), tuple(H["right"])])
         lpa = np.array([(8.0, ty - 20.0, cz - 8.0), (30.0, ty - 2.0, cz - 4.0), tuple(H["left"])])
         arch_top = self.aorta_centerline[np.argmax(self.aorta_centerline[:, 2])]
-        svc = np.array([(-32.0, ty - 26.0, top), (-30.0, ty - 28.0, cz), (-26.0, hc[1] - 0.2 * hr[1], hc[2] + 0.6 * hr[2])])
+        svc = np.array(
+            [(-32.0, ty - 26.0, top), (-30.0, ty - 28.0, cz), (-26.0, hc[1] - 0.2 * hr[1], hc[2] + 0.6 * hr[2])]
+        )
         tubes = Tubes.from_polyline(trunk, 13.0) + Tubes.from_polyline(rpa, [11.0, 10.0, 8.0])
         tubes += Tubes.from_polyline(lpa, [11.0, 10.0, 8.0]) + Tubes.from_polyline(svc, 10.0)
         for dx, r in ((-12.0, 6.5), (2.0, 4.5), (16.0, 5.0)):  # brachiocephalic, left carotid, left subclavian
@@ -384,8 +396,17 @@ class Chest:
         sy, r, ty = self.spine_y, self.p.spine_radius, self.trachea_y
         top = self.p.scan_length + 10.0
         gej = (28.0, sy - r - 26.0, self.dome_z("left") - 18.0)
-        return smooth_polyline(np.array([(2.0, ty + 13.0, top), (6.0, sy - r - 9.0, self.carina_z - 20.0),
-                                         (10.0, sy - r - 16.0, self.dome_z("left") + 20.0), gej]), 4)
+        return smooth_polyline(
+            np.array(
+                [
+                    (2.0, ty + 13.0, top),
+                    (6.0, sy - r - 9.0, self.carina_z - 20.0),
+                    (10.0, sy - r - 16.0, self.dome_z("left") + 20.0),
+                    gej,
+                ]
+            ),
+            4,
+        )
 
 
 def grid_for(chest: Chest, size: int, fov_mm: float, slice_mm: float) -> Grid:

@@ -18,7 +18,7 @@ class Canvas:
     metal: np.ndarray | None = None  # metal occupancy, applied after the kernel blur
 
     @classmethod
-    def empty(cls, grid: Grid, value: float) -> "Canvas":
+    def empty(cls, grid: Grid, value: float) -> Canvas:
         return cls(grid, np.full(grid.shape, value, dtype=np.float32))
 
     @property
@@ -44,7 +44,7 @@ class Canvas:
                 return
         hu += f * (value - hu)
 
-    def sub(self, lo, hi) -> "Canvas | None":
+    def sub(self, lo, hi) -> Canvas | None:
         """A canvas on the voxels inside the mm box [lo, hi] whose ``hu`` is a view: painting it paints this one.
 
         Painters of shapes that fill only part of the volume run on it, so a 512^3 volume is not swept whole.

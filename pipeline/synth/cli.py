@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,17 +11,24 @@ from pipeline.cli_errors import friendly_errors
 
 @friendly_errors
 def synth(
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write the data set into (CT-RATE layout)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of volumes (reconstructions) (default: 64)."),
-    size: Optional[int] = typer.Option(None, "--size", help="In-plane matrix size in voxels; the field of view is "
-                                       "350-400 mm, slices 1.5-3x thicker than the in-plane spacing (default: 96)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; same config, same bytes (default: 0)."),
-    valid_fraction: Optional[float] = typer.Option(None, "--valid-fraction",
-                                                   help="Share of patients in the valid split (default: 0.25)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Rendering processes (default: 2)."),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a synthetic data set already in --out."),
+    out: Path | None = typer.Option(None, "--out", help="Folder to write the data set into (CT-RATE layout)."),
+    n: int | None = typer.Option(None, "--n", help="Number of volumes (reconstructions) (default: 64)."),
+    size: int | None = typer.Option(
+        None,
+        "--size",
+        help="In-plane matrix size in voxels; the field of view is "
+        "350-400 mm, slices 1.5-3x thicker than the in-plane spacing (default: 96).",
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed; same config, same bytes (default: 0)."),
+    valid_fraction: float | None = typer.Option(
+        None, "--valid-fraction", help="Share of patients in the valid split (default: 0.25)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Rendering processes (default: 2)."),
+    overwrite: bool | None = typer.Option(None, "--overwrite", help="Replace a synthetic data set already in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON file with these options; flags override it."),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML or JSON file with these options; flags override it."
+    ),
 ) -> None:
     """Synthetic chest CTs with drawn abnormalities, reports and labels, in CT-RATE layout and CSV formats."""
     import time
@@ -31,13 +37,18 @@ def synth(
     from pipeline.synth.writer import SynthOutputError, synthesize
     from schemas.stages import SynthConfig
 
-    cfg = build_config(SynthConfig, config, dict(out=out, n=n, size=size, seed=seed, valid_fraction=valid_fraction,
-                                                 workers=workers, overwrite=overwrite))
+    cfg = build_config(
+        SynthConfig,
+        config,
+        dict(out=out, n=n, size=size, seed=seed, valid_fraction=valid_fraction, workers=workers, overwrite=overwrite),
+    )
     start = time.perf_counter()
     try:
         recs = synthesize(cfg, progress=progress)
     except SynthOutputError as e:
         raise ConfigError(str(e)) from None
     splits = {s: sum(r.split == s for r in recs) for s in ("train", "valid")}
-    typer.echo(f"wrote {len(recs)} volumes ({splits['train']} train, {splits['valid']} valid) to {cfg.out} "
-               f"in {time.perf_counter() - start:.1f} s")
+    typer.echo(
+        f"wrote {len(recs)} volumes ({splits['train']} train, {splits['valid']} valid) to {cfg.out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )

@@ -53,7 +53,7 @@ LOBES = {"right": ("upper", "middle", "lower"), "left": ("upper", "lower")}
 def _loadings() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     A = np.zeros((len(CT_RATE_LABELS), len(FACTORS)))
     prev = np.zeros(len(CT_RATE_LABELS))
-    for i, (name, (p, loads)) in enumerate(LABEL_MODEL.items()):
+    for i, (_name, (p, loads)) in enumerate(LABEL_MODEL.items()):
         prev[i] = p
         for f, w in loads.items():
             A[i, FACTORS.index(f)] = w
@@ -69,13 +69,15 @@ class Latents:
     own: np.ndarray  # (18,)
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> "Latents":
+    def draw(cls, rng: np.random.Generator) -> Latents:
         return cls(rng.standard_normal(len(FACTORS)), rng.standard_normal(len(CT_RATE_LABELS)))
 
-    def follow_up(self, rng: np.random.Generator, rho: float = FOLLOW_UP_RHO) -> "Latents":
+    def follow_up(self, rng: np.random.Generator, rho: float = FOLLOW_UP_RHO) -> Latents:
         s = np.sqrt(1.0 - rho * rho)
-        return Latents(rho * self.factors + s * rng.standard_normal(self.factors.shape),
-                       rho * self.own + s * rng.standard_normal(self.own.shape))
+        return Latents(
+            rho * self.factors + s * rng.standard_normal(self.factors.shape),
+            rho * self.own + s * rng.standard_normal(self.own.shape),
+        )
 
     def labels(self) -> list[int]:
         A, own, thresholds = _loadings()
@@ -149,13 +151,23 @@ def draw_details(rng: np.random.Generator, labels: list[int]) -> dict[str, dict]
     if on["Hiatal hernia"]:
         d["Hiatal hernia"] = {"radius_mm": float(rng.uniform(18.0, 32.0)), "air_fraction": float(rng.uniform(0.3, 0.7))}
     if on["Lymphadenopathy"]:
-        stations = ["right paratracheal", "subcarinal", "aortopulmonary window", "right hilar", "left hilar", "prevascular"]
+        stations = [
+            "right paratracheal",
+            "subcarinal",
+            "aortopulmonary window",
+            "right hilar",
+            "left hilar",
+            "prevascular",
+        ]
         k = int(rng.integers(1, 4))
         chosen = [stations[i] for i in sorted(rng.choice(len(stations), size=k, replace=False))]
         d["Lymphadenopathy"] = {"stations": chosen, "short_axis_mm": [float(rng.uniform(11.0, 22.0)) for _ in chosen]}
     if on["Emphysema"]:
-        d["Emphysema"] = {"kind": str(rng.choice(["centrilobular", "paraseptal", "panlobular"], p=[0.6, 0.25, 0.15])),
-                          "fraction": float(rng.uniform(0.10, 0.30)), "severity": _severity(rng)}
+        d["Emphysema"] = {
+            "kind": str(rng.choice(["centrilobular", "paraseptal", "panlobular"], p=[0.6, 0.25, 0.15])),
+            "fraction": float(rng.uniform(0.10, 0.30)),
+            "severity": _severity(rng),
+        }
     if on["Atelectasis"]:
         kind = str(rng.choice(["subsegmental", "lobar"], p=[0.75, 0.25]))
         side, lobe = _lobe(rng, weights=lower_heavy)
@@ -166,20 +178,30 @@ def draw_details(rng: np.random.Generator, labels: list[int]) -> dict[str, dict]
         for i in range(n):
             side, lobe = _lobe(rng, weights=upper_heavy)
             diam = float(rng.uniform(8.0, 22.0)) if i == 0 else float(rng.uniform(4.0, 10.0))
-            nodules.append({"side": side, "lobe": lobe, "diameter_mm": diam,
-                            "calcified": bool(i > 0 and rng.random() < 0.3)})
+            nodules.append(
+                {"side": side, "lobe": lobe, "diameter_mm": diam, "calcified": bool(i > 0 and rng.random() < 0.3)}
+            )
         d["Lung nodule"] = {"nodules": nodules}
     if on["Lung opacity"]:
         side = _side(rng, 0.5)
-        d["Lung opacity"] = {"side": side, "lobes": [_lobe(rng, s)[1] for s in _sides(side)],
-                             "n_patches": int(rng.integers(1, 4))}
+        d["Lung opacity"] = {
+            "side": side,
+            "lobes": [_lobe(rng, s)[1] for s in _sides(side)],
+            "n_patches": int(rng.integers(1, 4)),
+        }
     if on["Pulmonary fibrotic sequela"]:
         side = _side(rng, 0.35)
-        d["Pulmonary fibrotic sequela"] = {"side": side, "lobes": [_lobe(rng, s)[1] for s in _sides(side)],
-                                           "n_bands": int(rng.integers(2, 6))}
+        d["Pulmonary fibrotic sequela"] = {
+            "side": side,
+            "lobes": [_lobe(rng, s)[1] for s in _sides(side)],
+            "n_bands": int(rng.integers(2, 6)),
+        }
     if on["Pleural effusion"]:
         side = _side(rng, 0.45)
-        d["Pleural effusion"] = {"side": side, "size": str(rng.choice(["small", "moderate", "large"], p=[0.5, 0.35, 0.15]))}
+        d["Pleural effusion"] = {
+            "side": side,
+            "size": str(rng.choice(["small", "moderate", "large"], p=[0.5, 0.35, 0.15])),
+        }
     if on["Mosaic attenuation pattern"]:
         d["Mosaic attenuation pattern"] = {"contrast_hu": float(rng.uniform(70.0, 120.0))}
     if on["Peribronchial thickening"]:
@@ -189,8 +211,11 @@ def draw_details(rng: np.random.Generator, labels: list[int]) -> dict[str, dict]
         d["Consolidation"] = {"side": side, "lobe": lobe, "radius_mm": float(rng.uniform(22.0, 38.0))}
     if on["Bronchiectasis"]:
         side = _side(rng, 0.5)
-        d["Bronchiectasis"] = {"side": side, "kind": str(rng.choice(["cylindrical", "varicose"], p=[0.75, 0.25])),
-                               "dilation": float(rng.uniform(1.8, 2.6))}
+        d["Bronchiectasis"] = {
+            "side": side,
+            "kind": str(rng.choice(["cylindrical", "varicose"], p=[0.75, 0.25])),
+            "dilation": float(rng.uniform(1.8, 2.6)),
+        }
     if on["Interlobular septal thickening"]:
         d["Interlobular septal thickening"] = {"side": _side(rng, 0.75), "zone": str(rng.choice(["basal", "diffuse"]))}
     return d

@@ -46,12 +46,15 @@ class Grid:
             out.append(slice(i0, i1))
         return tuple(out)
 
-    def sub(self, box: tuple[slice, slice, slice]) -> "Grid":
+    def sub(self, box: tuple[slice, slice, slice]) -> Grid:
         """The grid of the voxels in ``box`` (slices with unit step)."""
         start = [sl.indices(n)[0] for sl, n in zip(box, self.shape)]
         stop = [sl.indices(n)[1] for sl, n in zip(box, self.shape)]
-        return Grid(tuple(b - a for a, b in zip(start, stop)), self.spacing,
-                    tuple(o + a * sp for o, a, sp in zip(self.origin, start, self.spacing)))
+        return Grid(
+            tuple(b - a for a, b in zip(start, stop)),
+            self.spacing,
+            tuple(o + a * sp for o, a, sp in zip(self.origin, start, self.spacing)),
+        )
 
     def sub_coords(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x, y, z = (self.axis(a)[box[a]] for a in range(3))
@@ -110,7 +113,8 @@ def smooth_polyline(points: np.ndarray, n_per_segment: int = 4) -> np.ndarray:
     for i in range(1, len(padded) - 2):
         p0, p1, p2, p3 = padded[i - 1], padded[i], padded[i + 1], padded[i + 2]
         out.append(
-            0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
+            0.5
+            * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
         )
     out.append(p[-1:])
     return np.vstack(out)
@@ -126,21 +130,25 @@ class Tubes:
     rb: np.ndarray
 
     @classmethod
-    def empty(cls) -> "Tubes":
+    def empty(cls) -> Tubes:
         z = np.zeros((0, 3))
         return cls(z, z.copy(), np.zeros(0), np.zeros(0))
 
     @classmethod
-    def from_polyline(cls, points, radii) -> "Tubes":
+    def from_polyline(cls, points, radii) -> Tubes:
         p = np.asarray(points, dtype=np.float64)
         r = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(p),))
         return cls(p[:-1], p[1:], r[:-1].copy(), r[1:].copy())
 
-    def __add__(self, other: "Tubes") -> "Tubes":
-        return Tubes(np.vstack([self.a, other.a]), np.vstack([self.b, other.b]),
-                     np.concatenate([self.ra, other.ra]), np.concatenate([self.rb, other.rb]))
+    def __add__(self, other: Tubes) -> Tubes:
+        return Tubes(
+            np.vstack([self.a, other.a]),
+            np.vstack([self.b, other.b]),
+            np.concatenate([self.ra, other.ra]),
+            np.concatenate([self.rb, other.rb]),
+        )
 
-    def scaled_radii(self, factor) -> "Tubes":
+    def scaled_radii(self, factor) -> Tubes:
         return Tubes(self.a, self.b, self.ra * factor, self.rb * factor)
 
     def __len__(self) -> int:
@@ -215,8 +223,12 @@ def _splat_thin(grid: Grid, tubes: Tubes, out: np.ndarray) -> None:
         dz2 = (org[2] + iz * sp[2] - p[:, 2:3]) ** 2
         d = np.sqrt(dx2[:, :, None, None] + dy2[:, None, :, None] + dz2[:, None, None, :])
         frac = _fraction(d, rr[:, None, None, None], h)
-        ok = (frac > 0) & ((ix >= 0) & (ix < grid.shape[0]))[:, :, None, None] \
-            & ((iy >= 0) & (iy < grid.shape[1]))[:, None, :, None] & ((iz >= 0) & (iz < grid.shape[2]))[:, None, None, :]
+        ok = (
+            (frac > 0)
+            & ((ix >= 0) & (ix < grid.shape[0]))[:, :, None, None]
+            & ((iy >= 0) & (iy < grid.shape[1]))[:, None, :, None]
+            & ((iz >= 0) & (iz < grid.shape[2]))[:, None, None, :]
+        )
         P = np.nonzero(ok)
         lin = (ix[P[0], P[1]] * grid.shape[1] + iy[P[0], P[2]]) * grid.shape[2] + iz[P[0], P[3]]
         np.maximum.at(flat_out, lin, frac[ok].astype(np.float32))

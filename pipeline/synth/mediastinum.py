@@ -11,8 +11,14 @@ from pipeline.synth.abnormalities import finding_rng
 from pipeline.synth.anatomy import AIR, SIDE_SIGN, Chest
 from pipeline.synth.canvas import Canvas
 from pipeline.synth.findings import Findings
-from pipeline.synth.geometry import (Tubes, ellipsoid_fraction, ellipsoid_level, paint_tubes, smooth_polyline,
-                                     soft_inside)
+from pipeline.synth.geometry import (
+    Tubes,
+    ellipsoid_fraction,
+    ellipsoid_level,
+    paint_tubes,
+    smooth_polyline,
+    soft_inside,
+)
 
 
 # ---- mediastinum and heart -----------------------------------------------------------------
@@ -72,8 +78,14 @@ def aortic_plaques(chest: Chest, f: Findings, seed: int) -> Tubes:
     return out
 
 
-LYMPH_STATIONS = ("right paratracheal", "subcarinal", "aortopulmonary window", "right hilar", "left hilar",
-                  "prevascular")
+LYMPH_STATIONS = (
+    "right paratracheal",
+    "subcarinal",
+    "aortopulmonary window",
+    "right hilar",
+    "left hilar",
+    "prevascular",
+)
 
 
 def station_center(chest: Chest, name: str) -> np.ndarray:

@@ -13,12 +13,33 @@ import numpy as np
 from pipeline.synth import abnormalities as ab
 from pipeline.synth import mediastinum as med
 from pipeline.synth.airways import LungTrees
-from pipeline.synth.anatomy import (AIR, BLOOD, BREAST_X, CARTILAGE, CORTICAL_BONE, CSF, FAT, FLUID, LIVER, MUSCLE,
-                                    SPLEEN, Chest)
+from pipeline.synth.anatomy import (
+    AIR,
+    BLOOD,
+    BREAST_X,
+    CARTILAGE,
+    CORTICAL_BONE,
+    CSF,
+    FAT,
+    FLUID,
+    LIVER,
+    MUSCLE,
+    SPLEEN,
+    Chest,
+)
 from pipeline.synth.canvas import Canvas
 from pipeline.synth.findings import Findings
-from pipeline.synth.geometry import (Grid, Tubes, ellipsoid_depth, ellipsoid_fraction, ellipsoid_level, paint_tubes,
-                                     sample_field, smooth_noise_field, soft_inside)
+from pipeline.synth.geometry import (
+    Grid,
+    Tubes,
+    ellipsoid_depth,
+    ellipsoid_fraction,
+    ellipsoid_level,
+    paint_tubes,
+    sample_field,
+    smooth_noise_field,
+    soft_inside,
+)
 
 
 def _superellipse_depth(X, Y, rx, ry, n=2.4):
@@ -32,7 +53,8 @@ def paint_body(c: Canvas, chest: Chest) -> None:
     p, h = chest.p, c.grid.h
     c.blend(soft_inside(_superellipse_depth(X, Y, p.body_rx, p.body_ry), h), FAT)
     skin = soft_inside(_superellipse_depth(X, Y, p.body_rx, p.body_ry) - 0.2, h) - soft_inside(
-        _superellipse_depth(X, Y, p.body_rx, p.body_ry) - 2.2, h)
+        _superellipse_depth(X, Y, p.body_rx, p.body_ry) - 2.2, h
+    )
     c.blend(np.clip(skin, 0, 1), 30.0)
     # chest wall muscle: an inner superellipse, thicker at the back (paraspinal muscles)
     cx, cy, rx, ry = chest.cavity
@@ -130,9 +152,13 @@ def paint_fissures(c: Canvas, chest: Chest, thickness: float = 1.0) -> None:
         mask = full.lung[side]
         if not mask.any():
             continue
-        box = tuple(slice(int(np.nonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0][0]),
-                          int(np.nonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0][-1]) + 1)
-                    for a in range(3))
+        box = tuple(
+            slice(
+                int(np.nonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0][0]),
+                int(np.nonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0][-1]) + 1,
+            )
+            for a in range(3)
+        )
         c = Canvas(full.grid.sub(box), full.hu[box], {side: mask[box]})
         X, Y, Z = c.coords
         oblique, horizontal = chest.fissure_z(side, X, Y)
@@ -211,7 +237,7 @@ def paint_spine(c: Canvas, chest: Chest) -> None:
     # posterior arch: a ring round the canal, spinous and transverse processes
     yc = sy + r + 9.0
     rr = np.sqrt(X * X + (Y - yc) ** 2)
-    arch = (level < 0.7)
+    arch = level < 0.7
     c.blend(soft_inside(13.0 - rr, h) * arch, 0.55 * CORTICAL_BONE + 0.45 * p.marrow_hu)
     c.blend(soft_inside(7.5 - rr, h), CSF)
     spinous = soft_inside(4.0 - np.abs(X), h) * soft_inside(np.minimum(Y - yc - 8.0, yc + 30.0 - Y), h) * (level < 0.55)
@@ -230,7 +256,7 @@ def paint_ribs_and_sternum(c: Canvas, chest: Chest) -> None:
         bone += Tubes.from_polyline(pts[:n_bone], 5.0)
         marrow += Tubes.from_polyline(pts[:n_bone], 3.0)
         if cart_frac:
-            cart += Tubes.from_polyline(pts[n_bone - 1:], 4.5)
+            cart += Tubes.from_polyline(pts[n_bone - 1 :], 4.5)
     c.blend(paint_tubes(g, cart, np.zeros(g.shape, np.float32)), CARTILAGE)
     c.blend(paint_tubes(g, bone, np.zeros(g.shape, np.float32)), CORTICAL_BONE)
     c.blend(paint_tubes(g, marrow, np.zeros(g.shape, np.float32)), chest.p.marrow_hu)
@@ -251,8 +277,13 @@ def paint_ribs_and_sternum(c: Canvas, chest: Chest) -> None:
     # clavicles, from the manubrium out towards the shoulders
     clav = Tubes.empty()
     for s in (-1.0, 1.0):
-        pts = np.array([(s * 18.0, ys - 2.0, top - 4.0), (s * 60.0, ys - 6.0, top + 8.0),
-                        (s * 0.85 * chest.p.body_rx, cy - 0.2 * ry, top + 18.0)])
+        pts = np.array(
+            [
+                (s * 18.0, ys - 2.0, top - 4.0),
+                (s * 60.0, ys - 6.0, top + 8.0),
+                (s * 0.85 * chest.p.body_rx, cy - 0.2 * ry, top + 18.0),
+            ]
+        )
         clav += Tubes.from_polyline(pts, 6.5)
     c.blend(paint_tubes(g, clav, np.zeros(g.shape, np.float32)), 0.6 * CORTICAL_BONE + 0.4 * chest.p.marrow_hu)
 
@@ -279,7 +310,9 @@ def paint_scapulae(c: Canvas, chest: Chest) -> None:
         phi = np.arctan2(s * u, v)  # 0 at the back of the hemithorax, pi/2 at its side
         depth = (rho - 1.0) * np.sqrt(A * B)  # mm outside the rib line
         centre, half = 0.2 * np.pi + 0.1 * np.pi * (1 - t), 0.16 * np.pi * (1.0 - 0.8 * t)
-        plate = soft_inside(np.minimum(depth - 9.0, 14.0 - depth), h) * soft_inside((half - np.abs(phi - centre)) * B, h)
+        plate = soft_inside(np.minimum(depth - 9.0, 14.0 - depth), h) * soft_inside(
+            (half - np.abs(phi - centre)) * B, h
+        )
         plate = plate * soft_inside(np.minimum(Z - bottom, top - Z), h)
         c.blend(plate, 0.6 * CORTICAL_BONE + 0.4 * chest.p.marrow_hu)
 
@@ -287,8 +320,13 @@ def paint_scapulae(c: Canvas, chest: Chest) -> None:
 def render(chest: Chest, findings: Findings, trees: LungTrees, grid: Grid, scan_seed: int) -> Canvas:
     """The noise-free HU volume of ``chest`` with ``findings``, on ``grid`` (before the scanner model)."""
     cx, cy, rx, ry = chest.cavity
-    texture = smooth_noise_field(np.random.default_rng(chest.p.seed_anatomy), 4.0, (-rx - 8, cy - ry - 8, -8),
-                                 (rx + 8, cy + ry + 8, chest.p.scan_length + 8), 1.0)
+    texture = smooth_noise_field(
+        np.random.default_rng(chest.p.seed_anatomy),
+        4.0,
+        (-rx - 8, cy - ry - 8, -8),
+        (rx + 8, cy + ry + 8, chest.p.scan_length + 8),
+        1.0,
+    )
     c = Canvas.empty(grid, AIR)
     paint_table(c, chest)
     paint_body(c, chest)

@@ -72,11 +72,15 @@ def _recons(rng: np.random.Generator, cfg_seed: int, key: tuple[int, int], in_pl
     for r in range(n):
         kernel = kernels[r]
         ratio = rng.uniform(1.5, 2.0) if kernel == "lung" else rng.uniform(2.2, 3.0)
-        out.append(ReconPlan(
-            recon_no=r + 1, kernel=kernel, slice_mm=round(float(in_plane * ratio), 4),
-            storage="offset" if rng.random() < 0.5 else "direct",
-            noise_seed=seed_for(cfg_seed, _RECON, *key, r),
-        ))
+        out.append(
+            ReconPlan(
+                recon_no=r + 1,
+                kernel=kernel,
+                slice_mm=round(float(in_plane * ratio), 4),
+                storage="offset" if rng.random() < 0.5 else "direct",
+                noise_seed=seed_for(cfg_seed, _RECON, *key, r),
+            )
+        )
     return tuple(out)
 
 
@@ -86,10 +90,15 @@ def _scan(cfg: SynthConfig, p_index: int, s_index: int, latents: Latents, previo
     in_plane = fov / cfg.size
     findings = draw_findings(rng_for(cfg.seed, _FINDINGS, p_index, s_index), latents, previous)
     table = (float(rng.uniform(-10, 10)), float(rng.uniform(-40, 40)), float(rng.uniform(-450.0, -150.0)))
-    return ScanPlan(scan_id="ab"[s_index], findings=findings, fov_mm=fov, table_offset=table,
-                    # lesion placement is the patient's: a finding seen on both scans stays where it was
-                    scan_seed=seed_for(cfg.seed, _SCAN, p_index, 99),
-                    recons=_recons(rng, cfg.seed, (p_index, s_index), in_plane))
+    return ScanPlan(
+        scan_id="ab"[s_index],
+        findings=findings,
+        fov_mm=fov,
+        table_offset=table,
+        # lesion placement is the patient's: a finding seen on both scans stays where it was
+        scan_seed=seed_for(cfg.seed, _SCAN, p_index, 99),
+        recons=_recons(rng, cfg.seed, (p_index, s_index), in_plane),
+    )
 
 
 def build_plan(cfg: SynthConfig) -> list[PatientPlan]:

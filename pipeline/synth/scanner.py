@@ -59,7 +59,6 @@ def scanner_image(c: Canvas, kernel: Kernel, rng: np.random.Generator, fov_cente
     return hu
 
 
-
 def stored_values(hu: np.ndarray, storage: str) -> np.ndarray:
     """int16 values as written: 'offset' -> HU + 1024 (header scl_inter -1024); 'direct' -> HU (no scaling)."""
     if storage == "offset":

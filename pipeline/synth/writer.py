@@ -36,8 +36,15 @@ from schemas.labels import CT_RATE_LABELS
 from schemas.stages import SynthConfig
 
 MARKER = ".synth_config.json"  # the content config, written first: a rerun of the same config resumes
-OUR_ENTRIES = ("train", "valid", "radiology_text_reports", "multi_abnormality_labels", "metadata",
-               "synth_provenance.json", MARKER)
+OUR_ENTRIES = (
+    "train",
+    "valid",
+    "radiology_text_reports",
+    "multi_abnormality_labels",
+    "metadata",
+    "synth_provenance.json",
+    MARKER,
+)
 _REPORT_KEY = 6
 
 
@@ -93,7 +100,7 @@ def _write_nifti(path: Path, hu: np.ndarray, affine: np.ndarray, storage: str) -
     if storage == "offset":
         img.header.set_slope_inter(1.0, -float(STORAGE_OFFSET))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.partial.nii.gz")
+    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.partial.nii.gz")
     nib.save(img, str(tmp))
     os.replace(tmp, path)
 
@@ -105,7 +112,9 @@ def _render_scan(args: tuple[PatientPlan, ScanPlan, int, str]) -> list[str]:
     for recon in todo:
         hu = render_volume(patient, scan, recon, size, trees)
         grid = patient.grid(scan, recon, size)
-        _write_nifti(volume_path(Path(root), patient, scan, recon), hu, affine_for(grid, scan.table_offset), recon.storage)
+        _write_nifti(
+            volume_path(Path(root), patient, scan, recon), hu, affine_for(grid, scan.table_offset), recon.storage
+        )
     return [patient.volume_name(scan, r) for r in scan.recons]
 
 
@@ -125,11 +134,21 @@ def records(cfg: SynthConfig, plan: list[PatientPlan]) -> list[VolumeRecord]:
     out = []
     for patient in plan:
         for s_index, scan in enumerate(patient.scans):
-            findings_text, impressions = write_report(scan.findings, rng_for(cfg.seed, _REPORT_KEY, patient.index, s_index))
+            findings_text, impressions = write_report(
+                scan.findings, rng_for(cfg.seed, _REPORT_KEY, patient.index, s_index)
+            )
             for recon in scan.recons:
                 sx = scan.fov_mm / cfg.size
-                out.append(VolumeRecord(patient.volume_name(scan, recon), patient.split, findings_text, impressions,
-                                        list(scan.findings.labels), (sx, sx, recon.slice_mm)))
+                out.append(
+                    VolumeRecord(
+                        patient.volume_name(scan, recon),
+                        patient.split,
+                        findings_text,
+                        impressions,
+                        list(scan.findings.labels),
+                        (sx, sx, recon.slice_mm),
+                    )
+                )
     return out
 
 
@@ -144,18 +163,34 @@ def _fmt(v: float) -> str:
 
 def write_tables(root: Path, recs: list[VolumeRecord]) -> None:
     tables = {
-        "radiology_text_reports": ("{}_reports.csv", ["VolumeName", "Findings_EN", "Impressions_EN"],
-                                   lambda r: [r.name + ".nii.gz", r.findings, r.impressions]),
-        "multi_abnormality_labels": ("{}_predicted_labels.csv", ["VolumeName", *CT_RATE_LABELS],
-                                     lambda r: [r.name + ".nii.gz", *r.labels]),
-        "metadata": ("{}_metadata.csv", ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"],
-                     lambda r: [r.name + ".nii.gz", 1, -1024, f"[{_fmt(r.spacing[0])}, {_fmt(r.spacing[1])}]",
-                                _fmt(r.spacing[2])]),
+        "radiology_text_reports": (
+            "{}_reports.csv",
+            ["VolumeName", "Findings_EN", "Impressions_EN"],
+            lambda r: [r.name + ".nii.gz", r.findings, r.impressions],
+        ),
+        "multi_abnormality_labels": (
+            "{}_predicted_labels.csv",
+            ["VolumeName", *CT_RATE_LABELS],
+            lambda r: [r.name + ".nii.gz", *r.labels],
+        ),
+        "metadata": (
+            "{}_metadata.csv",
+            ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"],
+            lambda r: [
+                r.name + ".nii.gz",
+                1,
+                -1024,
+                f"[{_fmt(r.spacing[0])}, {_fmt(r.spacing[1])}]",
+                _fmt(r.spacing[2]),
+            ],
+        ),
     }
     # CT-RATE spells the valid split 'validation' in the reports and metadata file names
-    split_word = {"radiology_text_reports": {"train": "train", "valid": "validation"},
-                  "multi_abnormality_labels": {"train": "train", "valid": "valid"},
-                  "metadata": {"train": "train", "valid": "validation"}}
+    split_word = {
+        "radiology_text_reports": {"train": "train", "valid": "validation"},
+        "multi_abnormality_labels": {"train": "train", "valid": "valid"},
+        "metadata": {"train": "train", "valid": "validation"},
+    }
     for folder, (pattern, header, row) in tables.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
         for split in ("train", "valid"):
@@ -188,13 +223,17 @@ def prepare_output(cfg: SynthConfig) -> bool:
         if same and not cfg.overwrite:
             return True
         if not cfg.overwrite:
-            raise SynthOutputError(f"{out}: folder is not empty (and not a synthetic set of this config, which would "
-                                   "be resumed); pass --overwrite to replace a synthetic data set there, or choose "
-                                   "another --out")
+            raise SynthOutputError(
+                f"{out}: folder is not empty (and not a synthetic set of this config, which would "
+                "be resumed); pass --overwrite to replace a synthetic data set there, or choose "
+                "another --out"
+            )
         others = sorted(p.name for p in out.iterdir() if p.name not in OUR_ENTRIES)
         if others:
-            raise SynthOutputError(f"{out}: --overwrite replaces only a synthetic data set, but the folder also holds "
-                                   f"{others[:5]}; choose an empty --out")
+            raise SynthOutputError(
+                f"{out}: --overwrite replaces only a synthetic data set, but the folder also holds "
+                f"{others[:5]}; choose an empty --out"
+            )
         for name in OUR_ENTRIES:
             p = out / name
             if p.is_dir():
@@ -210,8 +249,12 @@ def write_provenance(cfg: SynthConfig) -> None:
     from pipeline._version import __version__
     from schemas.provenance import Provenance, json_sha256
 
-    prov = Provenance(stage="synth", software_version=__version__, config=json.loads(cfg.model_dump_json()),
-                      config_sha256=json_sha256(cfg.content_fields()))
+    prov = Provenance(
+        stage="synth",
+        software_version=__version__,
+        config=json.loads(cfg.model_dump_json()),
+        config_sha256=json_sha256(cfg.content_fields()),
+    )
     (cfg.out / "synth_provenance.json").write_text(prov.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
 

@@ -92,7 +92,9 @@ def test_air_check_catches_double_and_missing_scaling(tmp_path):
     assert load_ct(raw, CTLoadConfig(air_check=False)).air_hu is None
 
 
-@pytest.mark.parametrize("perm, flips", [((0, 1, 2), (0,)), ((2, 0, 1), (0, 2)), ((1, 2, 0), (1,)), ((2, 1, 0), (0, 1, 2))])
+@pytest.mark.parametrize(
+    "perm, flips", [((0, 1, 2), (0,)), ((2, 0, 1), (0, 2)), ((1, 2, 0), (1,)), ((2, 1, 0), (0, 1, 2))]
+)
 def test_orientation_round_trip(tmp_path, perm, flips):
     """The same anatomy stored with permuted or flipped axes loads to the same LPS array and affine."""
     hu = phantom_lps()
@@ -118,7 +120,9 @@ def test_orientation_round_trip(tmp_path, perm, flips):
 
 def test_numpy_volume_with_manifest_spacing(tmp_path):
     hu = phantom_lps()
-    spl = np.ascontiguousarray(np.flip(np.transpose(hu, (2, 1, 0)), axis=0))  # axes S(flipped: runs I->S reversed), P, L
+    spl = np.ascontiguousarray(
+        np.flip(np.transpose(hu, (2, 1, 0)), axis=0)
+    )  # axes S(flipped: runs I->S reversed), P, L
     # np.flip on axis 0 makes stored axis 0 run Superior->Inferior, i.e. axcode 'I'.
     np.save(tmp_path / "v.npy", spl)
     vol = load_ct(tmp_path / "v.npy", spacing=(SPACING[2], SPACING[1], SPACING[0]), orientation="IPL")

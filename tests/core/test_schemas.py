@@ -10,8 +10,14 @@ from schemas.manifest import ManifestError, ManifestRow, parse_ct_rate_name, rea
 
 def good_row(**over):
     row = dict(
-        volume_id="valid_53_a_1", patient_id="valid_53", scan_id="valid_53_a", reconstruction_id="valid_53_a_1",
-        split="valid", ct_path="valid/valid_53/valid_53_a/valid_53_a_1.nii.gz", findings="F.", impressions="I.",
+        volume_id="valid_53_a_1",
+        patient_id="valid_53",
+        scan_id="valid_53_a",
+        reconstruction_id="valid_53_a_1",
+        split="valid",
+        ct_path="valid/valid_53/valid_53_a/valid_53_a_1.nii.gz",
+        findings="F.",
+        impressions="I.",
         labels=[0] * N_LABELS,
     )
     row.update(over)

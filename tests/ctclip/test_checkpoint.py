@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers.ctclip import tiny_model, tiny_volume
 
 from pipeline.ctclip.checkpoint import CheckpointError, load_ctclip, save_ctclip
+from tests.helpers.ctclip import tiny_model, tiny_volume
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tests.helpers.ctclip import official_keys
-
 from pipeline.ctclip.checkpoint import expected_shapes
+from tests.helpers.ctclip import official_keys
 
 
 def test_official_config_keys_and_shapes_equal_the_official_module_tree():

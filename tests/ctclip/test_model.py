@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers.ctclip import tiny_model, tiny_volume
 
 from pipeline.ct_io import CTVolume
 from pipeline.ctclip.preprocess import preprocess_ct
+from tests.helpers.ctclip import tiny_model, tiny_volume
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,7 @@ def model():
 
 
 # --- plain reference of the official encoder (einsum attention, all-pairs position bias) ---------------
+
 
 def ref_layernorm(x, gamma, beta):
     return F.layer_norm(x, x.shape[-1:], gamma, beta)
@@ -66,19 +67,29 @@ def ref_position_bias(cpb, h, w):
 
 def ref_tokens(vit, video):
     c = vit.cfg
-    b, t, h, w = video.shape[0], c.num_slices // c.temporal_patch_size, c.image_size // c.patch_size, c.image_size // c.patch_size
+    b, t, h, w = (
+        video.shape[0],
+        c.num_slices // c.temporal_patch_size,
+        c.image_size // c.patch_size,
+        c.image_size // c.patch_size,
+    )
     pt, p = c.temporal_patch_size, c.patch_size
     patches = video.reshape(b, 1, t, pt, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t, h, w, -1)
     emb = vit.to_patch_emb
     x = getattr(emb, "3")(getattr(emb, "2")(getattr(emb, "1")(patches)))
-    x = ref_transformer(vit.enc_spatial_transformer, x.reshape(b * t, h * w, -1), (b, t, h, w),
-                        ref_position_bias(vit.spatial_rel_pos_bias, h, w))
+    x = ref_transformer(
+        vit.enc_spatial_transformer,
+        x.reshape(b * t, h * w, -1),
+        (b, t, h, w),
+        ref_position_bias(vit.spatial_rel_pos_bias, h, w),
+    )
     x = x.reshape(b, t, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b * h * w, t, -1)  # '(b h w) t d'
     x = ref_transformer(vit.enc_temporal_transformer, x, (b, t, h, w))  # scrambled reshape inside the PEG
     return x.reshape(b, h, w, t, -1).permute(0, 3, 1, 2, 4)
 
 
 # --- tests --------------------------------------------------------------------------------------------
+
 
 def test_encoder_tokens_match_the_plain_reference(model):
     vol = tiny_volume(model, batch=2, seed=1)

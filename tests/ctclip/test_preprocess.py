@@ -82,8 +82,9 @@ def test_reorient_moves_axes_and_spacing():
 
 
 def test_preprocess_ct_errors_name_the_file():
-    vol = CTVolume(hu=np.zeros((4, 4), np.float32), affine=np.eye(4), source="broken.nii.gz", hu_scaling="header",
-                   air_hu=None)
+    vol = CTVolume(
+        hu=np.zeros((4, 4), np.float32), affine=np.eye(4), source="broken.nii.gz", hu_scaling="header", air_hu=None
+    )
     cfg = type("C", (), {"preprocess": _cfg((4, 4, 4))})()
     with pytest.raises(ValueError, match="broken.nii.gz: expected a 3-D"):
         preprocess_ct(vol, cfg)

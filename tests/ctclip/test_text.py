@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers.ctclip import tiny_model, write_vocab
 
 from pipeline.ctclip.text import TokenizerError, clean_report, load_tokenizer, report_text, tokenize
+from tests.helpers.ctclip import tiny_model, write_vocab
 
 
 def test_clean_report_deletes_quotes_and_parentheses_only():

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tests.helpers.phantoms import chest_like, manifest_row, save_nifti
 
 
@@ -15,8 +16,7 @@ def tiny_set(tmp_path) -> Path:
     rows = []
     spacing = (2.0, 2.5, 3.0)
     for n in range(3):
-        save_nifti(tmp_path / f"ct/valid_{n}_a_1.nii.gz", chest_like(seed=n), spacing,
-                   axcodes=("LPS", "RAS", "SRA")[n])
+        save_nifti(tmp_path / f"ct/valid_{n}_a_1.nii.gz", chest_like(seed=n), spacing, axcodes=("LPS", "RAS", "SRA")[n])
         rows.append(manifest_row(f"valid_{n}_a_1", f"ct/valid_{n}_a_1.nii.gz", positives=(n, 12)))
     bad = tmp_path / "ct/valid_3_a_1.nii.gz"
     bad.write_bytes((tmp_path / "ct/valid_0_a_1.nii.gz").read_bytes()[:300])

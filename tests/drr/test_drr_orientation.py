@@ -6,12 +6,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tests.helpers.phantoms import chest_like, occupancy_sphere, save_nifti
 
 from pipeline.ct_io import affine_from_spacing, load_ct
 from pipeline.drr.geometry import axis_aligned, plan_projection
 from pipeline.drr.render import line_integrals, render_volume
 from schemas.drr import DRRRenderConfig, GeometryConfig
+from tests.helpers.phantoms import chest_like, occupancy_sphere, save_nifti
 
 SPACING = (2.0, 2.5, 3.0)
 GEO = dict(size=48, detector_mm=140.0, sid_mm=500.0, sod_mm=400.0)
@@ -26,7 +26,9 @@ def _marker_position(with_marker: np.ndarray, without: np.ndarray) -> tuple[floa
 
 def _views(cfg, hu=None):
     aff = affine_from_spacing(SPACING)
-    return [p.numpy() for p in line_integrals(torch.from_numpy(chest_like(spacing=SPACING) if hu is None else hu), aff, cfg)]
+    return [
+        p.numpy() for p in line_integrals(torch.from_numpy(chest_like(spacing=SPACING) if hu is None else hu), aff, cfg)
+    ]
 
 
 @pytest.mark.parametrize("projection", ["cone", "parallel"])

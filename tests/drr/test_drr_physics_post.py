@@ -25,8 +25,11 @@ def test_hu_to_mu_hand_worked():
 def test_water_slab_line_integral_is_mu_times_thickness():
     hu = np.full((20, 30, 16), -1000.0, np.float32)
     hu[:, 5:25, :] = 0.0  # 20 voxels of water along the A-P axis: 40 mm
-    cfg = DRRRenderConfig(views=["pa"], geometry=GeometryConfig(projection="parallel", size=16, detector_mm=20),
-                          physics=PhysicsConfig(mu_water_per_mm=0.02))
+    cfg = DRRRenderConfig(
+        views=["pa"],
+        geometry=GeometryConfig(projection="parallel", size=16, detector_mm=20),
+        physics=PhysicsConfig(mu_water_per_mm=0.02),
+    )
     img = line_integrals(torch.from_numpy(hu), affine_from_spacing(SPACING), cfg)[0]
     torch.testing.assert_close(img, torch.full_like(img, 0.02 * 40.0))
 
@@ -78,8 +81,11 @@ def test_clahe_leaves_a_uniform_histogram_unchanged_and_equalises_a_skewed_one()
 
 def test_render_volume_is_deterministic_with_noise_and_clahe():
     hu = np.random.default_rng(0).normal(0, 300, (24, 24, 20)).astype(np.float32)
-    cfg = DRRRenderConfig(views=["pa", "lateral"], geometry=GeometryConfig(size=32, detector_mm=60, sid_mm=400, sod_mm=300),
-                          post=PostConfig(noise_photons=1e4, clahe=True, gamma=0.8))
+    cfg = DRRRenderConfig(
+        views=["pa", "lateral"],
+        geometry=GeometryConfig(size=32, detector_mm=60, sid_mm=400, sod_mm=300),
+        post=PostConfig(noise_photons=1e4, clahe=True, gamma=0.8),
+    )
     a = render_volume(hu, affine_from_spacing(SPACING), cfg, volume_id="x")
     b = render_volume(hu, affine_from_spacing(SPACING), cfg, volume_id="x")
     np.testing.assert_array_equal(a.images, b.images)

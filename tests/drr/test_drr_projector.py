@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.helpers.phantoms import occupancy_sphere
 from scipy.ndimage import map_coordinates
 
 from pipeline.ct_io import affine_from_spacing
 from pipeline.drr.geometry import VIEW_FRAMES, plan_projection
 from pipeline.drr.projector import project
 from schemas.drr import GeometryConfig
+from tests.helpers.phantoms import occupancy_sphere
 
 SPACING = (1.5, 1.25, 2.0)
 SHAPE = (96, 110, 72)

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from tests.helpers.phantoms import chest_like, manifest_row, save_nifti
 
 from pipeline.ct_io import load_ct
 from pipeline.drr.render import render_volume
@@ -21,6 +20,8 @@ from pipeline.drr.stage import run_stage
 from pipeline.drr.store import StoreMismatchError
 from schemas.drr import ItemStatus, SimulateDRRConfig
 from schemas.manifest import manifest_sha256
+from tests.helpers.phantoms import chest_like, manifest_row, save_nifti
+
 
 class _Killed(BaseException):
     """Stands for SIGKILL at a chosen point: not an Exception, so no handler of ours catches it."""
@@ -114,7 +115,11 @@ def test_a_different_config_or_manifest_is_refused(tiny_set, client):
     quiet = dict(client=client, echo=lambda *_: None)
     cfg = _cfg(tiny_set, tiny_set.parent / "guard.zarr", limit=1)
     run_stage(cfg, **quiet)
-    other = cfg.model_copy(update={"render": cfg.render.model_copy(update={"geometry": cfg.render.geometry.model_copy(update={"size": 64})})})
+    other = cfg.model_copy(
+        update={
+            "render": cfg.render.model_copy(update={"geometry": cfg.render.geometry.model_copy(update={"size": 64})})
+        }
+    )
     with pytest.raises(StoreMismatchError, match=r"render\.geometry\.size: store 48, now 64.*--overwrite"):
         run_stage(other, **quiet)
     tiny_set.write_text(tiny_set.read_text().splitlines()[0] + "\n")
@@ -125,7 +130,9 @@ def test_a_different_config_or_manifest_is_refused(tiny_set, client):
 def test_max_failures_stops_the_run(tiny_set, client):
     rows = tiny_set.read_text().splitlines()
     tiny_set.write_text("\n".join([rows[3], rows[4]] + rows[:3]) + "\n")  # the two bad ones first
-    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "fail.zarr", max_failures=1), client=client, echo=lambda *_: None)
+    summary = run_stage(
+        _cfg(tiny_set, tiny_set.parent / "fail.zarr", max_failures=1), client=client, echo=lambda *_: None
+    )
     assert summary.aborted and summary.failed == 2
     assert summary.done < 3
 
@@ -137,11 +144,28 @@ def test_sigkill_loses_only_items_in_flight(tmp_path, client):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "killed.zarr"
-    render = {"views": ["pa", "lateral", "ap"], "geometry": {"size": 384, "detector_mm": 260.0, "sid_mm": 600.0, "sod_mm": 450.0}}
+    render = {
+        "views": ["pa", "lateral", "ap"],
+        "geometry": {"size": 384, "detector_mm": 260.0, "sid_mm": 600.0, "sod_mm": 450.0},
+    }
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps({"render": render}))
-    cmd = [sys.executable, "-m", "pipeline", "simulate-drr", "--manifest", str(manifest), "--out", str(out),
-           "--workers", "2", "--threads", "1", "--config", str(cfg_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "simulate-drr",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--config",
+        str(cfg_file),
+    ]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     status_dir = out / "status" / "c"
@@ -184,10 +208,13 @@ def test_cli_refuses_a_changed_config_with_a_clear_message(tiny_set, client):
     out = tiny_set.parent / "cli.zarr"
     run_stage(_cfg(tiny_set, out, limit=1), client=client, echo=lambda *_: None)
     cfg_file = tiny_set.parent / "cfg.yaml"
-    cfg_file.write_text("render:\n  views: [pa, lateral]\n  geometry: {size: 48, detector_mm: 140.0, sid_mm: 500.0, sod_mm: 400.0}\n"
-                        "line_integrals: true\n")
-    result = CliRunner().invoke(app, ["simulate-drr", "--manifest", str(tiny_set), "--out", str(out),
-                                      "--config", str(cfg_file), "--size", "32"])
+    cfg_file.write_text(
+        "render:\n  views: [pa, lateral]\n  geometry: {size: 48, detector_mm: 140.0, sid_mm: 500.0, sod_mm: 400.0}\n"
+        "line_integrals: true\n"
+    )
+    result = CliRunner().invoke(
+        app, ["simulate-drr", "--manifest", str(tiny_set), "--out", str(out), "--config", str(cfg_file), "--size", "32"]
+    )
     assert result.exit_code == 2
     assert "render.geometry.size: store 48, now 32" in result.output and "--overwrite" in result.output
 
@@ -206,7 +233,7 @@ def test_bad_affine_is_recorded_as_a_failure(tmp_path, client):
     manifest.write_text(json.dumps(manifest_row("valid_7_a_1", "ct/flat.nii.gz")) + "\n")
     summary = run_stage(_cfg(manifest, tmp_path / "bad.zarr"), client=client, echo=lambda *_: None)
     assert summary.failed == 1
-    (vid, reason), = summary.failures
+    ((vid, reason),) = summary.failures
     assert vid == "valid_7_a_1" and "affine" in reason and "flat.nii.gz" in reason
 
 
@@ -372,6 +399,8 @@ def test_a_second_run_into_a_store_being_written_is_refused(tiny_set, client):
 def test_an_existing_folder_that_is_not_a_store_is_refused_clearly(tiny_set, client):
     out = tiny_set.parent / "plain_folder"
     out.mkdir()
-    with pytest.raises(StoreMismatchError, match="plain_folder exists and is not a simulate-drr store; choose another --out"):
+    with pytest.raises(
+        StoreMismatchError, match="plain_folder exists and is not a simulate-drr store; choose another --out"
+    ):
         run_stage(_cfg(tiny_set, out), client=client, echo=lambda *_: None)
     assert list(out.iterdir()) == []

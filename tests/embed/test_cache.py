@@ -25,27 +25,44 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def identity(ckpt: str = "a" * 64) -> EmbedIdentity:
-    return EmbedIdentity(checkpoint_sha256=ckpt, tokenizer_sha256="b" * 64, model_config_json={"dim_latent": 512},
-                         ct_load={"hu_policy": "header"}, precision="fp32")
+    return EmbedIdentity(
+        checkpoint_sha256=ckpt,
+        tokenizer_sha256="b" * 64,
+        model_config_json={"dim_latent": 512},
+        ct_load={"hu_policy": "header"},
+        precision="fp32",
+    )
 
 
 def header(ident: EmbedIdentity, seed: int = 0) -> CacheHeader:
     rng = np.random.default_rng(seed)
-    prompts = {s: {k: rng.standard_normal((18, 512)).astype(np.float32) for k in ("positive", "negative")}
-               for s in PROMPT_TEMPLATES}
-    prov = Provenance(stage="embed-ct", software_version="0.1.0", config={"x": 1}, config_sha256=ident.sha256(),
-                      manifest_sha256="m" * 64, checkpoint_sha256=ident.checkpoint_sha256)
+    prompts = {
+        s: {k: rng.standard_normal((18, 512)).astype(np.float32) for k in ("positive", "negative")}
+        for s in PROMPT_TEMPLATES
+    }
+    prov = Provenance(
+        stage="embed-ct",
+        software_version="0.1.0",
+        config={"x": 1},
+        config_sha256=ident.sha256(),
+        manifest_sha256="m" * 64,
+        checkpoint_sha256=ident.checkpoint_sha256,
+    )
     return CacheHeader(identity=ident, provenance=prov, temperature=4.6052, prompts=prompts)
 
 
 def make_rows(start: int, n: int, failed: tuple[str, ...] = ()) -> Rows:
     """Rows whose values are a function of the id number, so any row can be checked on its own."""
     k = np.arange(start, start + n, dtype=np.float32)[:, None]
-    return Rows(ids=[f"valid_{i}_a_1" for i in range(start, start + n)],
-                scan_ids=[f"valid_{i}_a" for i in range(start, start + n)],
-                ct=k + np.arange(512, dtype=np.float32) / 1000, report=-k - np.arange(512, dtype=np.float32) / 1000,
-                labels=(np.arange(18)[None, :] + k.astype(int)) % 2 == 0,
-                failed_ids=list(failed), failed_reasons=[f"bad {f}" for f in failed])
+    return Rows(
+        ids=[f"valid_{i}_a_1" for i in range(start, start + n)],
+        scan_ids=[f"valid_{i}_a" for i in range(start, start + n)],
+        ct=k + np.arange(512, dtype=np.float32) / 1000,
+        report=-k - np.arange(512, dtype=np.float32) / 1000,
+        labels=(np.arange(18)[None, :] + k.astype(int)) % 2 == 0,
+        failed_ids=list(failed),
+        failed_reasons=[f"bad {f}" for f in failed],
+    )
 
 
 def check_row(emb, vid: str) -> None:
@@ -219,4 +236,3 @@ def test_damaged_shard_is_set_aside_and_its_rows_redone(tmp_path):
     assert cache.done_ids() == {"valid_0_a_1", "valid_1_a_1"}
     cache.close()
     assert (files[1].parent / (files[1].name + ".bad")).exists()
-

@@ -21,20 +21,31 @@ from pipeline.ctclip.checkpoint import CheckpointError, load_ctclip
 from pipeline.ctclip.preprocess import preprocess_ct
 from pipeline.ctclip.text import load_tokenizer, report_text, tokenize
 from pipeline.embed.cache import CacheMismatchError, prompt_texts
-from pipeline.embed.reader import load_embeddings
 from pipeline.embed.errors import TooManyFailures
+from pipeline.embed.reader import load_embeddings
 from pipeline.embed.stage import run_embed
 from schemas.embed import LABEL_MISSING, PROMPT_TEMPLATES, EmbedConfig
 from tests.helpers.embed_data import build_inputs, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-BAD = {"valid_4_a_1": "truncated", "valid_4_a_3": "preprocessing failed", "valid_5_a_1": "empty report",
-       "valid_5_a_2": "empty report"}
+BAD = {
+    "valid_4_a_1": "truncated",
+    "valid_4_a_3": "preprocessing failed",
+    "valid_5_a_1": "empty report",
+    "valid_5_a_2": "empty report",
+}
 
 
 def config(inp, out: Path, **kw) -> EmbedConfig:
-    base = dict(manifest=inp.manifest, checkpoint=inp.checkpoint, tokenizer=inp.tokenizer, out=out, model="tiny",
-                workers=0, progress=False)
+    base = dict(
+        manifest=inp.manifest,
+        checkpoint=inp.checkpoint,
+        tokenizer=inp.tokenizer,
+        out=out,
+        model="tiny",
+        workers=0,
+        progress=False,
+    )
     return EmbedConfig(**{**base, **kw})
 
 
@@ -85,7 +96,7 @@ def test_rows_equal_direct_model_calls_and_failures_are_recorded(inputs, referen
 def test_prompt_embeddings_equal_encode_text_of_their_templates(inputs, reference):
     _, emb = reference
     model, tok = load_ctclip(inputs.checkpoint, "tiny"), load_tokenizer(inputs.tokenizer)
-    for s, (pos, _) in PROMPT_TEMPLATES.items():
+    for s, (_pos, _) in PROMPT_TEMPLATES.items():
         for kind, texts in prompt_texts(s).items():
             ids, mask = tokenize(tok, texts, max_length=64)
             np.testing.assert_allclose(emb.prompts[s][kind], model.encode_text(ids, mask).numpy(), atol=1e-5)
@@ -101,7 +112,10 @@ def test_file_attributes_record_how_it_was_made(inputs, reference):
         assert f.attrs["checkpoint_sha256"] == file_sha256(inputs.checkpoint)
         assert f.attrs["manifest_sha256"] == manifest_sha256(inputs.manifest)
         pre = json.loads(f.attrs["preprocessing"])
-        assert pre["model_config"]["preprocess"]["spacing_mm"] == [6.0, 6.0, 12.0] and pre["ct_load"]["hu_policy"] == "header"
+        assert (
+            pre["model_config"]["preprocess"]["spacing_mm"] == [6.0, 6.0, 12.0]
+            and pre["ct_load"]["hu_policy"] == "header"
+        )
         prov = json.loads(f.attrs["provenance"])
         assert prov["stage"] == "embed-ct" and prov["config"]["model"] == "tiny" and f.attrs["software_version"]
         assert f["ct"].shape == (9, 32) and f["labels"].shape == (9, 18)
@@ -205,8 +219,22 @@ def test_cli(inputs, tmp_path):
 
     from pipeline.cli import app
 
-    args = ["embed-ct", "--manifest", str(inputs.manifest), "--checkpoint", str(inputs.checkpoint), "--tokenizer",
-            str(inputs.tokenizer), "--out", str(tmp_path / "e.h5"), "--model", "tiny", "--workers", "0", "--no-progress"]
+    args = [
+        "embed-ct",
+        "--manifest",
+        str(inputs.manifest),
+        "--checkpoint",
+        str(inputs.checkpoint),
+        "--tokenizer",
+        str(inputs.tokenizer),
+        "--out",
+        str(tmp_path / "e.h5"),
+        "--model",
+        "tiny",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "9 embedded, 0 already there, 4 failed of 13" in result.output
@@ -237,12 +265,17 @@ def test_a_volume_that_breaks_the_batch_fails_alone(inputs):
     from pipeline.embed.model import ModelSpec
     from pipeline.embed.work import DecodedVolume, embed_batch
 
-    spec = ModelSpec(checkpoint=str(inputs.checkpoint), tokenizer=str(inputs.tokenizer), model="tiny", device="cpu",
-                     precision="fp32")
+    spec = ModelSpec(
+        checkpoint=str(inputs.checkpoint), tokenizer=str(inputs.tokenizer), model="tiny", device="cpu", precision="fp32"
+    )
     good = np.random.default_rng(0).uniform(-1, 1, (1, 16, 32, 32)).astype(np.float32)
     volumes = [DecodedVolume("ok", good, 0.0, 0.0), DecodedVolume("bad", good[:, :8], 0.0, 0.0)]
     result = embed_batch(spec, volumes, ["there is no nodule."])
-    assert set(result.ct) == {"ok"} and "forward pass failed" in result.errors["bad"] and "(1, 8, 32, 32)" in result.errors["bad"]
+    assert (
+        set(result.ct) == {"ok"}
+        and "forward pass failed" in result.errors["bad"]
+        and "(1, 8, 32, 32)" in result.errors["bad"]
+    )
     model = load_ctclip(inputs.checkpoint, "tiny")
     np.testing.assert_allclose(result.ct["ok"], model.encode_ct(torch.from_numpy(good)[None])[0].numpy(), atol=1e-5)
     assert set(result.texts) == {"there is no nodule."}

@@ -12,11 +12,37 @@ from schemas.labels import N_LABELS
 from schemas.manifest import ManifestRow, write_manifest
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["there", "is", "no", "present", "not", "lung", "nodule", "effusion", "normal", "heart", "size", "the",
-         "and", "of", "with", "mild", "."]
-VOCAB = SPECIALS + WORDS + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("p"))]
-REPORTS = ["The heart size is normal.", "Mild effusion with a lung nodule.", "No nodule. (Lung) is \"normal\".",
-           "There is mild effusion of the lung."]
+WORDS = [
+    "there",
+    "is",
+    "no",
+    "present",
+    "not",
+    "lung",
+    "nodule",
+    "effusion",
+    "normal",
+    "heart",
+    "size",
+    "the",
+    "and",
+    "of",
+    "with",
+    "mild",
+    ".",
+]
+VOCAB = (
+    SPECIALS
+    + WORDS
+    + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    + [f"##{chr(c)}" for c in range(ord("a"), ord("p"))]
+)
+REPORTS = [
+    "The heart size is normal.",
+    "Mild effusion with a lung nodule.",
+    'No nodule. (Lung) is "normal".',
+    "There is mild effusion of the lung.",
+]
 
 
 def write_vocab(folder: Path) -> Path:
@@ -86,16 +112,28 @@ def build_inputs(root: Path, n_scans: int = 4, recons: int = 2, bad: bool = Fals
         for r in range(1, recons + (2 if bad and s == n_scans else 1)):
             vid = f"valid_{s}_a_{r}"
             tiny_voxels = bad and s == n_scans and r == recons + 1
-            path = write_volume(vols / f"{vid}.nii.gz", seed=seed * 1000 + s * 10 + r,
-                                spacing=(0.1, 0.1, 0.1) if tiny_voxels else (5.0, 5.0, 8.0))
+            path = write_volume(
+                vols / f"{vid}.nii.gz",
+                seed=seed * 1000 + s * 10 + r,
+                spacing=(0.1, 0.1, 0.1) if tiny_voxels else (5.0, 5.0, 8.0),
+            )
             if bad and s == n_scans and r == 1:
                 truncate(path)
             labels = [int(v) for v in rng.integers(0, 2, N_LABELS)]
             labels[3] = None if s == 0 else labels[3]
-            rows.append(ManifestRow(volume_id=vid, patient_id=f"valid_{s}", scan_id=f"valid_{s}_a",
-                                    reconstruction_id=vid, split="valid", ct_path=f"volumes/{vid}.nii.gz",
-                                    findings=report[: len(report) // 2], impressions=report[len(report) // 2:],
-                                    labels=labels))
+            rows.append(
+                ManifestRow(
+                    volume_id=vid,
+                    patient_id=f"valid_{s}",
+                    scan_id=f"valid_{s}_a",
+                    reconstruction_id=vid,
+                    split="valid",
+                    ct_path=f"volumes/{vid}.nii.gz",
+                    findings=report[: len(report) // 2],
+                    impressions=report[len(report) // 2 :],
+                    labels=labels,
+                )
+            )
     manifest = root / "manifest.jsonl"
     write_manifest(rows, manifest)
     return EmbedInputs(root, manifest, write_checkpoint(root / "tiny.pt", seed=seed), write_vocab(root / "tok"), rows)

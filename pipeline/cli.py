@@ -11,6 +11,7 @@ import typer
 
 from pipeline._version import __version__
 from pipeline.ctclip.cli import ctclip_app
+from pipeline.ctclip.pretrain_cli import pretrain_ctclip
 from pipeline.drr.cli import preview, simulate_drr
 from pipeline.embed.cli import embed_ct
 from pipeline.manifests.cli import manifest_app
@@ -46,6 +47,7 @@ app.command("simulate-drr")(simulate_drr)
 app.command("preview")(preview)
 app.add_typer(ctclip_app, name="ctclip")
 app.command("embed-ct")(embed_ct)
+app.command("pretrain-ctclip")(pretrain_ctclip)
 
 
 def main() -> None:

@@ -264,7 +264,7 @@ class Trainer:
     def validate(self) -> dict:
         assert self.valid is not None
         ct, text = self.encode_set(self.valid)
-        scale = float(self.model.temperature.exp().clamp(max=self.cfg.max_logit_scale))
+        scale = float(self.model.temperature.detach().exp().clamp(max=self.cfg.max_logit_scale))
         # InfoNCE over the whole valid set, one reconstruction per scan (as in training batches).
         rows = [g[0] for g in self.valid.scan_groups()]
         loss = float(info_nce(torch.from_numpy(ct[rows]), torch.from_numpy(text[rows]), torch.tensor(scale)))

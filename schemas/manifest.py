@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.errors import InputMissingError, PipelineError
 from schemas.labels import CT_RATE_LABELS, N_LABELS
 from schemas.provenance import file_sha256
 
@@ -121,7 +122,7 @@ class ManifestRow(BaseModel):
         return p if p.is_absolute() else manifest_dir / p
 
 
-class ManifestError(ValueError):
+class ManifestError(PipelineError, ValueError):
     """A manifest line failed validation; the message names the file, line, volume and field."""
 
 
@@ -137,7 +138,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     """Read and validate a manifest; raises :class:`ManifestError` naming the first bad line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist; build one with `x2ct-pipeline manifest ...`")
+        raise InputMissingError(f"manifest {path} does not exist; build one with `x2ct-pipeline manifest ...`")
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
     with path.open("r", encoding="utf-8") as f:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from schemas.ctclip import CTCLIPConfig
+from schemas.errors import PipelineError
 from schemas.provenance import file_sha256
 
 ALLOWED_EXTRA_KEYS = frozenset(
@@ -36,7 +37,7 @@ SHARED_KEYS = ("temperature",)
 _LIST_AT_MOST = 15
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PipelineError, ValueError):
     """A checkpoint file cannot be used; the message names the file and what is wrong."""
 
 

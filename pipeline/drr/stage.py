@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
-from schemas.manifest import ManifestRow, manifest_sha256, read_manifest
+from schemas.manifest import ManifestError, ManifestRow, manifest_sha256, read_manifest
 from schemas.provenance import Provenance
 
 
@@ -153,9 +153,7 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)
     if not rows:
-        from pipeline.config_file import ConfigError
-
-        raise ConfigError(f"manifest {cfg.manifest} has no rows; nothing to render")
+        raise ManifestError(f"manifest {cfg.manifest} has no rows; nothing to render")
     with store_lock(cfg.out):  # one driver per store: two would render and write the same items
         return _render_pending(cfg, rows, client, echo, t_start)
 

@@ -38,8 +38,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from pipeline.config_file import ConfigError
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
+from schemas.errors import PipelineError
 from schemas.manifest import ManifestRow
 from schemas.provenance import Provenance
 
@@ -48,11 +48,11 @@ UINT16_NOTE = (
 )
 
 
-class StoreMismatchError(ConfigError):
+class StoreMismatchError(PipelineError, ValueError):
     """The store was made with another config or manifest; continuing it would mix outputs."""
 
 
-class StoreBusyError(ConfigError):
+class StoreBusyError(PipelineError, RuntimeError):
     """Another simulate-drr run is writing the store."""
 
 

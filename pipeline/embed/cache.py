@@ -42,6 +42,7 @@ import numpy as np
 
 from pipeline.embed.shards import Rows, ShardFolder, fsync_dir
 from schemas.embed import EMBED_LAYOUT_VERSION, PROMPT_TEMPLATES, ROW_CHUNK, EmbedIdentity
+from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS, N_LABELS
 from schemas.provenance import Provenance
 
@@ -61,11 +62,11 @@ def _row_layout(latent_dim: int) -> dict[str, tuple[tuple[int, ...], object]]:
     }
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(PipelineError, ValueError):
     """The file was made with another checkpoint, tokenizer or preprocessing."""
 
 
-class CacheBusyError(RuntimeError):
+class CacheBusyError(PipelineError, RuntimeError):
     """Another process is writing the same cache."""
 
 

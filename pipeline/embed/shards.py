@@ -134,7 +134,8 @@ class ShardFolder:
             bad = path.with_name(path.name + ".bad")
             os.replace(path, bad)
             warnings.warn(
-                f"{path}: unusable commit file ({e}); set aside as {bad.name}, its items will be embedded again", stacklevel=2
+                f"{path}: unusable commit file ({e}); set aside as {bad.name}, its items will be embedded again",
+                stacklevel=2,
             )
             return None
 

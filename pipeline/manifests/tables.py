@@ -9,11 +9,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS
 from schemas.manifest import strip_volume_suffix
 
 
-class TableError(ValueError):
+class TableError(PipelineError, ValueError):
     """A table cannot be used at all (missing file or columns); the message names the file and the fix."""
 
 

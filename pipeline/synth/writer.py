@@ -32,6 +32,7 @@ import numpy as np
 
 from pipeline.synth.plan import PatientPlan, ReconPlan, ScanPlan, build_plan, rng_for
 from pipeline.synth.reports import write_report
+from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS
 from schemas.stages import SynthConfig
 
@@ -48,7 +49,7 @@ OUR_ENTRIES = (
 _REPORT_KEY = 6
 
 
-class SynthOutputError(ValueError):
+class SynthOutputError(PipelineError, ValueError):
     """The output folder cannot be used as asked; the message says what to do."""
 
 

@@ -26,11 +26,12 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from schemas.ct import CANONICAL_ORIENTATION, CTLoadConfig
+from schemas.errors import PipelineError
 
 AIR_HU = -1000.0
 
 
-class CTLoadError(RuntimeError):
+class CTLoadError(PipelineError, RuntimeError):
     """A volume could not be turned into HU; the message names the file and the fix."""
 
 

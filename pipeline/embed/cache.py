@@ -175,7 +175,7 @@ class EmbeddingCache:
     def __init__(self, path: Path, identity: EmbedIdentity, lock_fd: int):
         self.path = path
         self.identity = identity
-        self._lock_fd = lock_fd
+        self._lock_fd: int | None = lock_fd
         self.shards = ShardFolder(path.with_name(path.name + ".parts"), identity.sha256())
         self._file_ids: set[str] = set()
         self._pending: list[Rows] = []  # rows in shards, not yet in the HDF5 file

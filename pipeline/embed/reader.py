@@ -61,7 +61,8 @@ def load_embeddings(path: str | Path, include_pending: bool = True) -> Embedding
     pending = sorted(p for p in parts.iterdir() if SHARD_NAME.match(p.name)) if parts.is_dir() else []
     if pending and not include_pending:
         warnings.warn(
-            f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again", stacklevel=2
+            f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again",
+            stacklevel=2,
         )
     elif pending:
         _add_pending(emb, pending, identity_sha256)

@@ -105,7 +105,8 @@ class ShardFolder:
     def write(self, rows: Rows) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         existing = self.files()
-        seq = int(SHARD_NAME.match(existing[-1].name).group(1)) + 1 if existing else 0
+        last = SHARD_NAME.match(existing[-1].name) if existing else None  # files() lists only matching names
+        seq = int(last.group(1)) + 1 if last else 0
         final = self.folder / f"{seq:08d}.npz"
         tmp = self.folder / f".{seq:08d}.npz.tmp"
         with tmp.open("wb") as f:
@@ -134,7 +135,8 @@ class ShardFolder:
             bad = path.with_name(path.name + ".bad")
             os.replace(path, bad)
             warnings.warn(
-                f"{path}: unusable commit file ({e}); set aside as {bad.name}, its items will be embedded again", stacklevel=2
+                f"{path}: unusable commit file ({e}); set aside as {bad.name}, its items will be embedded again",
+                stacklevel=2,
             )
             return None
 

@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,8 +91,8 @@ class Trainer:
 
         self.cfg = cfg
         self.out = cfg.out
+        self.tokenizer = load_tokenizer(cfg.tokenizer)  # refuses a folder without a usable vocab.txt
         self.model_cfg = resolved_model_config(cfg, _vocab_tokens(cfg.tokenizer))
-        self.tokenizer = load_tokenizer(cfg.tokenizer, vocab_size=self.model_cfg.text.vocab_size)
         torch.manual_seed(cfg.seed)
         self.model = CTCLIP(self.model_cfg)
         with torch.no_grad():
@@ -102,7 +103,8 @@ class Trainer:
                 decay=cfg.vq_decay, commitment_weight=cfg.vq_commitment, dead_code_threshold=cfg.vq_dead_code_threshold
             )
         )
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "temperature" in name else decay).append(p)
         self.optimizer = torch.optim.AdamW(
@@ -268,7 +270,7 @@ class Trainer:
         # InfoNCE over the whole valid set, one reconstruction per scan (as in training batches).
         rows = [g[0] for g in self.valid.scan_groups()]
         loss = float(info_nce(torch.from_numpy(ct[rows]), torch.from_numpy(text[rows]), torch.tensor(scale)))
-        record = {"loss": loss}
+        record: dict[str, Any] = {"loss": loss}
         lat = zeroshot.prompt_latents(self.model, self.tokenizer, self.prompts)
         seen = visible_labels()
         for name, p in lat.items():

@@ -29,7 +29,7 @@ def encode_texts(model, tokenizer, texts: list[str]) -> np.ndarray:
 
 def prompt_latents(model, tokenizer, sets: dict[str, dict[str, list[list[str]]]]) -> dict[str, dict[str, np.ndarray]]:
     """set -> {"positive": (18, D), "negative": (18, D)} unit vectors (ensembles averaged, then normalised)."""
-    out = {}
+    out: dict[str, dict[str, np.ndarray]] = {}
     for name, sides in sets.items():
         out[name] = {}
         for side, per_label in sides.items():

@@ -16,9 +16,11 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from pipeline.embed.cache import CacheBusyError, CacheMismatchError
     from pipeline.embed.errors import EmbedError
     from pipeline.manifests.tables import TableError
+    from schemas.errors import PipelineError
     from schemas.manifest import ManifestError
 
     return (
+        PipelineError,
         ConfigError,
         ManifestError,
         TableError,
@@ -33,7 +35,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def friendly_errors(fn):
-    """Decorator for command bodies: expected errors print as ``error: ...`` and exit 2."""
+    """Decorator for command bodies: expected errors print as ``error: ...`` (one line) and exit with
+    the error's ``exit_code`` (2, refused before work, unless the class says otherwise)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -41,6 +44,6 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except expected_errors() as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            sys.exit(2)
+            sys.exit(getattr(e, "exit_code", 2))
 
     return wrapper

@@ -40,7 +40,7 @@ from zarr.codecs import ZstdCodec
 
 from pipeline.config_file import ConfigError
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
-from schemas.manifest import ManifestRow
+from schemas.manifest import ManifestRow, storable_line
 from schemas.provenance import Provenance
 
 UINT16_NOTE = (
@@ -56,12 +56,21 @@ class StoreBusyError(ConfigError):
     """Another simulate-drr run is writing the store."""
 
 
+def refuse_non_folder(path: Path) -> None:
+    """A store is a folder: an existing file, device or broken link at ``--out`` is left alone."""
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise StoreMismatchError(
+            f"{path} exists and is not a folder (a Zarr store is one); it is left as it is: choose another --out"
+        )
+
+
 @contextmanager
 def store_lock(path: Path):
     """Hold ``<store>.lock`` (an advisory lock beside the store, so --overwrite can replace the
     store under it) for a whole run. The OS releases it when the process dies, even by SIGKILL."""
     import fcntl
 
+    refuse_non_folder(path)  # before the lock file is made beside it
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -176,6 +185,7 @@ def _describe_diff(old: dict, new: dict, prefix: str) -> str:
 
 def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provenance: Provenance) -> zarr.Group:
     path = cfg.out
+    refuse_non_folder(path)
     if path.exists() and cfg.overwrite:
         discard_store(path)
     elif path.parent.is_dir():
@@ -316,7 +326,7 @@ def _replace_item(array: zarr.Array, index: int, value: np.ndarray) -> None:
 
 def write_failure(path: str, index: int, reason: str) -> None:
     group = zarr.open_group(path, mode="r+")
-    group["errors"][index] = reason
+    group["errors"][index] = storable_line(reason)
     group["status"][index] = ItemStatus.FAILED
 
 

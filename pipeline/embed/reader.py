@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -27,6 +27,7 @@ class Embeddings:
     failures: dict[str, str]
     identity: EmbedIdentity
     provenance: Provenance
+    row_sha256: list[str] = field(default_factory=list)  # per row: hash of the manifest row it came from
 
     def index(self) -> dict[str, int]:
         return {v: i for i, v in enumerate(self.ids)}
@@ -55,13 +56,15 @@ def load_embeddings(path: str | Path, include_pending: bool = True) -> Embedding
             failures=dict(zip(f["failures/ids"].asstr()[:], f["failures/reasons"].asstr()[:])),
             identity=EmbedIdentity.model_validate_json(f.attrs["identity"]),
             provenance=Provenance.model_validate(json.loads(f.attrs["provenance"])),
+            row_sha256=list(f["row_sha256"].asstr()[:]) if "row_sha256" in f else [""] * f["ids"].shape[0],
         )
         identity_sha256 = str(f.attrs["identity_sha256"])
     parts = path.with_name(path.name + ".parts")
     pending = sorted(p for p in parts.iterdir() if SHARD_NAME.match(p.name)) if parts.is_dir() else []
     if pending and not include_pending:
         warnings.warn(
-            f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again", stacklevel=2
+            f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again",
+            stacklevel=2,
         )
     elif pending:
         _add_pending(emb, pending, identity_sha256)
@@ -84,6 +87,7 @@ def _add_pending(emb: Embeddings, shards: list[Path], identity_sha256: str) -> N
             emb.ct = np.concatenate([emb.ct, rows.ct[new]])
             emb.report = np.concatenate([emb.report, rows.report[new]])
             emb.labels = np.concatenate([emb.labels, rows.labels[new]])
+            emb.row_sha256 += [rows.row_sha256[i] for i in new]
             known.update(rows.ids[i] for i in new)
         emb.failures.update(zip(rows.failed_ids, rows.failed_reasons))
     for vid in known & emb.failures.keys():  # a later success clears an earlier failure

@@ -221,6 +221,12 @@ def shown(text: str) -> str:
     return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
 
 
+def storable_line(text: str) -> str:
+    """A failure reason as a store can hold it: one line, whitespace runs as one space, other control
+    characters and lone surrogates escaped (a NUL in an HDF5 string would make the merge fail)."""
+    return shown(" ".join(text.split()))
+
+
 def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> str:
     """Write rows atomically (temporary file, then rename); returns the manifest sha256."""
     path = Path(path)

@@ -39,7 +39,7 @@ from zarr.codecs import ZstdCodec
 from pipeline.runtime import atomic_dir, remove_temporaries
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
 from schemas.errors import PipelineError
-from schemas.manifest import ManifestRow
+from schemas.manifest import ManifestRow, storable_line
 from schemas.provenance import Provenance
 
 UINT16_NOTE = (
@@ -49,6 +49,14 @@ UINT16_NOTE = (
 
 class StoreMismatchError(PipelineError, ValueError):
     """The store was made with another config or manifest; continuing it would mix outputs."""
+
+
+def refuse_non_folder(path: Path) -> None:
+    """A store is a folder: an existing file, device or broken link at ``--out`` is left alone."""
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise StoreMismatchError(
+            f"{path} exists and is not a folder (a Zarr store is one); it is left as it is: choose another --out"
+        )
 
 
 def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> zarr.Group:
@@ -154,6 +162,7 @@ def _describe_diff(old: dict, new: dict, prefix: str) -> str:
 
 def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provenance: Provenance) -> zarr.Group:
     path = cfg.out
+    refuse_non_folder(path)
     if path.exists() and cfg.overwrite:
         discard_store(path)
     elif path.parent.is_dir():
@@ -297,7 +306,7 @@ def _replace_item(array: zarr.Array, index: int, value: np.ndarray) -> None:
 
 def write_failure(path: str, index: int, reason: str) -> None:
     group = zarr.open_group(path, mode="r+")
-    group["errors"][index] = reason
+    group["errors"][index] = storable_line(reason)
     group["status"][index] = ItemStatus.FAILED
 
 

@@ -12,6 +12,8 @@ orientation in the project:
 * Scanner padding outside the field of view (-2048, -3024, ...) becomes air (-1000).
 * Air must read about -1000 HU, or the volume is refused: this catches slope and
   intercept applied twice (air near -2000) or never (air near 0).
+
+The policies, thresholds and defaults are described for users in docs/ct-input.md.
 """
 
 from __future__ import annotations

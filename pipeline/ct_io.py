@@ -14,6 +14,8 @@ orientation in the project:
   intercept applied twice (air near -2000) or never (air near 0).
 * NaN or infinite voxels are refused: every comparison with NaN is false, so they
   would pass the air check and turn into blank images or NaN latents downstream.
+
+The policies, thresholds and defaults are described for users in docs/ct-input.md.
 """
 
 from __future__ import annotations

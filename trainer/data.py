@@ -187,7 +187,7 @@ def join_split(
         raise DataError(f"cache {cache_path} has no prompt set {prompt_set!r} (has {sorted(emb.prompts)})")
     if not np.isfinite(emb.temperature):
         raise DataError(f"cache {cache_path} has a non-finite temperature; rerun embed-ct with a complete checkpoint")
-    store_ids = np.asarray(group["ids"][:]).astype(str)
+    store_ids = [str(v) for v in group["ids"][:]]
     row_of = emb.index()
     rows, items = [], []
     for i in done:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.base import StageConfig
 from schemas.drr import View, unique_views
 
 Precision = Literal["fp32", "bf16"]
@@ -34,11 +35,7 @@ LogitScaleMode = Literal["frozen", "learnable"]
 BestMetric = Literal["auroc", "x2c_recall@5", "x2c_recall@10", "x2r_recall@5", "x2r_recall@10", "loss"]
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AugmentConfig(_Config):
+class AugmentConfig(StageConfig):
     """Training augmentation of a [0, 1] radiograph (evaluation: resize + centre crop only)."""
 
     crop_scale: tuple[float, float] = Field(
@@ -59,7 +56,7 @@ class AugmentConfig(_Config):
         return v
 
 
-class TrainConfig(_Config):
+class TrainConfig(StageConfig):
     """Options of ``x2ct-pipeline train`` (defaults: the X2CT-CLIP paper's settings)."""
 
     drr: Path = Field(description="simulate-drr store (Zarr) of the training split.")

@@ -116,11 +116,7 @@ def train(
         },
     )
     setup_logging()
-    try:
-        run_train(cfg)
-    except PipelineError as e:  # until the CLI decorator catches PipelineError itself (with its exit code)
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise SystemExit(e.exit_code) from None
+    run_train(cfg)
 
 
 def main(args: list[str]) -> None:

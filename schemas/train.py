@@ -81,7 +81,9 @@ class TrainConfig(StageConfig):
     latent_dim: int | None = Field(
         default=None, ge=1, description="Expected teacher latent width (default: the cache's); checked before training."
     )
-    views: list[View] = Field(default_factory=lambda: ["pa"], min_length=1, description="Views used as samples.")
+    views: list[View] = Field(
+        default_factory=lambda: list[View](["pa"]), min_length=1, description="Views used as samples."
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     loss_a: float = Field(default=0.0, ge=0.0, description="Weight of L(C,R): logged only (cached, no gradient).")

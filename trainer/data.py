@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,7 @@ def cache_identity(path: Path) -> dict[str, Any]:
 
 
 def join_split(
-    store_path: str | Path, cache_path: str | Path, views: list[str], prompt_set: str | None = None
+    store_path: str | Path, cache_path: str | Path, views: Sequence[str], prompt_set: str | None = None
 ) -> JoinedSplit:
     """Join a simulate-drr store and an embed-ct cache by volume id; refuse unusable pairs."""
     store_path, cache_path = Path(store_path), Path(cache_path)

@@ -87,13 +87,13 @@ def resolve_encoder(
         if not timm.is_model(timm_name):
             raise EncoderError(f"encoder {name!r}: timm has no model {timm_name!r}; see timm.list_models()")
         trunk = timm.create_model(timm_name, pretrained=False, num_classes=0)
-        cfg = trunk.pretrained_cfg
+        cfg: dict[str, Any] = dict(getattr(trunk, "pretrained_cfg"))  # noqa: B009 (nn.Module attributes type as Tensor | Module)
         size = image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
         return EncoderSpec(
             source="timm",
             name=name,
             model_cfg={"timm_model_name": timm_name},
-            feature_dim=int(trunk.num_features),
+            feature_dim=int(getattr(trunk, "num_features")),  # noqa: B009
             latent_dim=latent_dim,
             image_size=size,
             mean=tuple(mean or cfg["mean"]),
@@ -236,7 +236,7 @@ def load_init_weights(encoder: CXREncoder, path: Path) -> str:
         _load(encoder.tower, tower_state, path, strict=True)
         return "open_clip"
     if encoder.spec.source == "timm":
-        trunk = encoder.tower.trunk
+        trunk: nn.Module = getattr(encoder.tower, "trunk")  # noqa: B009
         wanted = trunk.state_dict()
         # A timm checkpoint carries the classifier our trunk dropped (num_classes=0): leave it out.
         extra = [k for k in state if k not in wanted]

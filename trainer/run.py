@@ -56,9 +56,12 @@ def read_prompts(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], float, l
 def write_prompts(path: Path, prompts: dict[str, dict[str, np.ndarray]], temperature: float, label_names) -> None:
     from pipeline.runtime import atomic_path
 
-    arrays = {f"{s}/{k}": np.asarray(v, dtype=np.float32) for s, d in prompts.items() for k, v in d.items()}
+    arrays: dict[str, np.ndarray] = {
+        f"{s}/{k}": np.asarray(v, dtype=np.float32) for s, d in prompts.items() for k, v in d.items()
+    }
     with atomic_path(path) as tmp:
-        np.savez(tmp, temperature=np.float32(temperature), label_names=np.array(label_names, dtype=str), **arrays)
+        arrays.update(temperature=np.float32(temperature), label_names=np.array(label_names, dtype=str))
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stubs take ** as allow_pickle
 
 
 def resolve_checkpoint(layout: RunLayout, checkpoint: str | Path) -> Path:

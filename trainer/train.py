@@ -326,7 +326,7 @@ def _train(cfg: TrainConfig, env: DistEnv, layout: RunLayout) -> Path:
             "resumed %s at step %d (epoch %d, step %d of %d)", layout.latest, step, epoch, epoch_step, steps_per_epoch
         )
 
-    model: torch.nn.Module = encoder
+    model: Any = encoder  # the encoder, maybe wrapped by DDP and torch.compile
     if env.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             encoder, device_ids=[device.index] if device.type == "cuda" else None
@@ -338,7 +338,7 @@ def _train(cfg: TrainConfig, env: DistEnv, layout: RunLayout) -> Path:
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
-    metrics_log = None
+    metrics_log: MetricsLog | None = None
     if env.is_main:
         remove_temporaries(layout.latest)
         if ckpt is None:
@@ -414,7 +414,7 @@ def _train(cfg: TrainConfig, env: DistEnv, layout: RunLayout) -> Path:
         barrier(env)
 
     def run_validation() -> None:
-        if env.is_main and valid_split is not None:
+        if metrics_log is not None and valid_split is not None:
             t0 = time.perf_counter()
             values = validate(encoder, valid_split, cfg, EvalTransform(spec), device, autocast, float(scale()))
             metrics_log.write({"step": step, "epoch": epoch, "split": "valid", **values})
@@ -494,7 +494,7 @@ def _train(cfg: TrainConfig, env: DistEnv, layout: RunLayout) -> Path:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", img_s=f"{ips:.1f}")
-            if env.is_main and (step % cfg.log_every == 0 or step == total_steps):
+            if metrics_log is not None and (step % cfg.log_every == 0 or step == total_steps):
                 row = {"step": step, "epoch": epoch, "split": "train"}
                 row.update({k: float(np.mean(v)) for k, v in window.items()})
                 row.update(lr=scheduler.get_last_lr()[0], logit_scale=float(scale()))
@@ -513,7 +513,7 @@ def _train(cfg: TrainConfig, env: DistEnv, layout: RunLayout) -> Path:
         save_step()
     if bar is not None:
         bar.close()
-    if env.is_main:
+    if metrics_log is not None:
         plot_losses(layout.metrics, layout.loss_png)
         metrics_log.close()
         log.info(

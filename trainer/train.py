@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from pipeline._version import __version__
-from pipeline.runtime import log_to_file, output_lock, remove_temporaries
+from pipeline.runtime import log_to_file, output_lock
 from schemas.errors import PipelineError
 from schemas.provenance import Provenance, json_sha256
 from schemas.train import RunLayout, TrainConfig
@@ -46,7 +46,7 @@ from trainer.checkpoint import (
 )
 from trainer.data import DataError, JoinedSplit, ScanBatchSampler, TrainDataset, join_split
 from trainer.distributed import DistEnv, all_gather_objects, barrier, init_process_group
-from trainer.encoder import build_encoder, count_parameters, resolve_encoder
+from trainer.encoder import EncoderSpec, build_encoder, count_parameters, resolve_encoder
 from trainer.loss import LogitScale, TriModalLoss
 from trainer.metrics import validation_metrics
 from trainer.run import RunError, write_prompts
@@ -197,10 +197,11 @@ def plot_losses(metrics_path: Path, out: Path) -> None:
                     axes[1].plot(steps, [r[key] for r in sel], style, label=key, markersize=3)
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("loss")
-    axes[0].legend(fontsize=7)
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("validation")
-    axes[1].legend(fontsize=7)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     from pipeline.runtime import atomic_path
 
@@ -260,18 +261,22 @@ def link_latest(layout: RunLayout, step_path: Path) -> None:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train (or resume) a run in ``cfg.out``; returns the run directory."""
+    """Train (or resume) a run in ``cfg.out``; returns the run directory. Every refusal
+    happens before the run directory is created or touched."""
     env = DistEnv.from_env()
     layout = RunLayout(root=cfg.out)
     with contextlib.ExitStack() as stack:
         if env.is_main:
             stack.enter_context(output_lock(cfg.out, "train"))
+        prepared = _prepare(cfg, env, layout)
+        if env.is_main:
             cfg.out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(log_to_file(layout.log))
-        return _train(cfg, env, layout)
+        return _train(cfg, env, layout, *prepared)
 
 
-def _train(cfg: TrainConfig, env: DistEnv, layout: RunLayout) -> Path:
+def _prepare(cfg: TrainConfig, env: DistEnv, layout: RunLayout):
+    """Join the inputs, resolve the encoder, check a checkpoint to resume, pick the device."""
     log.info("train %s: reading %s and %s", cfg.out, cfg.drr, cfg.embeddings)
     train_split, valid_split = load_splits(cfg)
     spec = resolve_encoder(cfg.encoder, train_split.latent_dim, cfg.image_size, cfg.norm_mean, cfg.norm_std)
@@ -294,6 +299,20 @@ def _train(cfg: TrainConfig, env: DistEnv, layout: RunLayout) -> Path:
     device = pick_device(cfg, env)
     if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         raise PipelineError("--precision bf16: this CPU has neither avx512_bf16 nor AMX; use --precision fp32")
+    return train_split, valid_split, spec, inputs, ckpt, device
+
+
+def _train(
+    cfg: TrainConfig,
+    env: DistEnv,
+    layout: RunLayout,
+    train_split: JoinedSplit,
+    valid_split: JoinedSplit | None,
+    spec: EncoderSpec,
+    inputs: dict[str, Any],
+    ckpt: dict[str, Any] | None,
+    device: torch.device,
+) -> Path:
     init_process_group(env, device)
 
     torch.manual_seed(cfg.seed)
@@ -340,7 +359,8 @@ def _train(cfg: TrainConfig, env: DistEnv, layout: RunLayout) -> Path:
 
     metrics_log: MetricsLog | None = None
     if env.is_main:
-        remove_temporaries(layout.latest)
+        for leftover in layout.checkpoints.glob(".*.tmp-*"):  # what a killed checkpoint write left
+            leftover.unlink(missing_ok=True)
         if ckpt is None:
             meta = {
                 "config": cfg.model_dump(mode="json"),
@@ -470,7 +490,7 @@ def _train(cfg: TrainConfig, env: DistEnv, layout: RunLayout) -> Path:
                         z = model(images)
                     loss, parts = loss_fn(z, batch["ct"].to(device), batch["report"].to(device), scale())
                     if not torch.isfinite(loss):
-                        _stop_non_finite(env, train_split, batch, step, "loss", float(loss))
+                        _stop_non_finite(env, train_split, batch, step, "loss", float(loss.detach()))
                     (loss / cfg.grad_accum).backward()
                 for k, v in {"loss": loss.detach(), **parts}.items():
                     terms[k] = terms.get(k, 0.0) + float(v) / cfg.grad_accum

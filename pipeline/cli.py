@@ -48,6 +48,19 @@ app.add_typer(ctclip_app, name="ctclip")
 app.command("embed-ct")(embed_ct)
 
 
+@app.command(
+    "train",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+def _train(ctx: typer.Context) -> None:
+    """Train the CXR encoder on DRRs against the cached CT-CLIP latents (`train --help` for options)."""
+    # Lazy: pipeline never imports trainer at module level; trainer.cli parses the arguments itself.
+    from trainer.cli import main
+
+    main(list(ctx.args))
+
+
 def main() -> None:
     app()
 

@@ -139,7 +139,9 @@ def _read_dicom(path: Path, keep_identifiers: bool) -> tuple[np.ndarray, bool, d
         )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise RadiographError(f"{path}: a multi-frame DICOM ({frames} frames); export the one radiograph as its own file")
+        raise RadiographError(
+            f"{path}: a multi-frame DICOM ({frames} frames); export the one radiograph as its own file"
+        )
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):

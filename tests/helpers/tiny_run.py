@@ -39,7 +39,12 @@ class TinyEvalTransform:
         x = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None]
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
-        x = F.interpolate(x, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))), mode="bilinear", antialias=True)
+        x = F.interpolate(
+            x,
+            size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
+            mode="bilinear",
+            antialias=True,
+        )
         top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
         x = x[..., top : top + self.size, left : left + self.size][0].clamp(0, 1)
         return (x.expand(3, -1, -1) - 0.5) / 0.5

@@ -15,6 +15,7 @@ from tests.helpers.tiny_run import tiny_run
 from trainer.encode import encode_images
 from trainer.predict.radiograph import read_radiograph
 from trainer.predict.stage import NOTE, PredictError, list_inputs, predict_files, write_rows
+from trainer.teacher_match import TeacherMismatchError
 
 
 def _scores(row):
@@ -94,10 +95,10 @@ def test_similar_ct_retrieval_and_width_check(tmp_path, run):
     assert rows[0]["similar_ct"][0]["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert len(rows[0]["similar_ct"]) == 2
     wide = SimpleNamespace(ct=np.zeros((2, 32)), ids=["a", "b"], identity=SimpleNamespace(checkpoint_sha256=None))
-    with pytest.raises(PredictError, match="32-d latents but the run's encoder gives 16-d"):
+    with pytest.raises(TeacherMismatchError, match="32-d latents but the run's encoder gives 16-d"):
         predict_files(run, paths, cache=wide, cache_path=tmp_path / "c.h5")
     other = SimpleNamespace(ct=ct, ids=cache.ids, identity=SimpleNamespace(checkpoint_sha256="b" * 64))
-    with pytest.raises(PredictError, match="not comparable"):
+    with pytest.raises(TeacherMismatchError, match="not comparable"):
         predict_files(run, paths, cache=other, cache_path=tmp_path / "c.h5")
     with pytest.raises(PredictError, match="no prompt set 'nope'"):
         predict_files(run, paths, prompt_set="nope")

@@ -39,9 +39,13 @@ def test_window_twins_and_modality_lut_before_window(tmp_path, stored):
     # Rescale intercept -1000 with the window in rescaled units equals signed stored values already shifted.
     shifted = stored.astype(np.int32) - 1000
     r = read_radiograph(
-        write_dicom(tmp_path / "d.dcm", stored, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=c - 1000, WindowWidth=w)
+        write_dicom(
+            tmp_path / "d.dcm", stored, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=c - 1000, WindowWidth=w
+        )
     )
-    s = read_radiograph(write_dicom(tmp_path / "e.dcm", shifted, signed=True, bits_stored=16, WindowCenter=c - 1000, WindowWidth=w))
+    s = read_radiograph(
+        write_dicom(tmp_path / "e.dcm", shifted, signed=True, bits_stored=16, WindowCenter=c - 1000, WindowWidth=w)
+    )
     np.testing.assert_allclose(r.image, s.image, atol=1e-6)
     np.testing.assert_allclose(r.image, m2.image, atol=1e-6)
 
@@ -80,7 +84,10 @@ def test_png_8_and_16_bit_read_alike(tmp_path):
         (lambda d, s: write_dicom(d / "blank.dcm", np.zeros_like(s)), "blank image"),
         (lambda d, s: write_dicom(d / "tiny.dcm", s[:8, :8]), "too small"),
         (lambda d, s: (d / "notes.txt").write_text("hello") and d / "notes.txt", "not a DICOM, PNG or JPEG"),
-        (lambda d, s: (d / "junk.dcm").write_bytes(b"\x00" * 50) and d / "junk.dcm", "unreadable DICOM \\(no data elements\\)"),
+        (
+            lambda d, s: (d / "junk.dcm").write_bytes(b"\x00" * 50) and d / "junk.dcm",
+            "unreadable DICOM \\(no data elements\\)",
+        ),
         (lambda d, s: _truncated_png(d), "unreadable image"),
         (lambda d, s: _colour_png(d), "colour image"),
     ],

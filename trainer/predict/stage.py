@@ -27,6 +27,7 @@ from schemas.errors import PipelineError
 from trainer.encode import encode_images
 from trainer.evaluation.zeroshot import l2_normalise, zero_shot_probabilities
 from trainer.predict.radiograph import Radiograph, RadiographError, read_radiograph
+from trainer.teacher_match import check_teacher
 
 log = logging.getLogger(__name__)
 
@@ -55,39 +56,6 @@ def list_inputs(inputs: list[Path]) -> list[Path]:
     return out
 
 
-def _run_latent_dim(prompts: dict[str, dict[str, np.ndarray]]) -> int:
-    return int(next(iter(prompts.values()))["positive"].shape[1])
-
-
-def check_cache_matches(
-    run_prompts: dict, run_provenance: dict, cache_ct: np.ndarray, cache_path: Path, cache_checkpoint: str | None
-) -> None:
-    """Refuse a cache whose latents cannot be compared with the run's (other width or other CT-CLIP)."""
-    width = _run_latent_dim(run_prompts)
-    if cache_ct.shape[1] != width:
-        raise PredictError(
-            f"cache {cache_path} holds {cache_ct.shape[1]}-d latents but the run's encoder gives {width}-d; "
-            "give a cache made by the CT-CLIP the run was trained against"
-        )
-    trained = _find_key(run_provenance, "checkpoint_sha256")
-    if trained and cache_checkpoint and trained != cache_checkpoint:
-        raise PredictError(
-            f"cache {cache_path} was made with CT-CLIP checkpoint {cache_checkpoint[:12]} but the run was trained "
-            f"against {trained[:12]}; latents of different CT-CLIPs are not comparable"
-        )
-
-
-def _find_key(d: Any, key: str) -> str | None:
-    if isinstance(d, dict):
-        if isinstance(d.get(key), str):
-            return d[key]
-        for v in d.values():
-            found = _find_key(v, key)
-            if found:
-                return found
-    return None
-
-
 def predict_files(
     run,
     paths: list[Path],
@@ -104,7 +72,7 @@ def predict_files(
     if prompt_set not in run.prompts:
         raise PredictError(f"the run has no prompt set {prompt_set!r} (has {sorted(run.prompts)}); choose one of them")
     if cache is not None:
-        check_cache_matches(run.prompts, run.provenance, cache.ct, cache_path, cache.identity.checkpoint_sha256)
+        check_teacher(run, cache.ct.shape[1], cache.identity.checkpoint_sha256, cache_path)
         gallery = l2_normalise(cache.ct)
     rows: list[dict[str, Any]] = []
     readable: list[tuple[int, Radiograph]] = []

@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from schemas.base import StageConfig
 from schemas.drr import View
 
 Device = Literal["auto", "cpu", "cuda"]
 Checkpoint = str  # "best", "latest" or a path
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EvaluateConfig(_Config):
+class EvaluateConfig(StageConfig):
     run: Path = Field(description="Training run directory (train's --out).")
     drr: Path = Field(description="simulate-drr store of the split to evaluate.")
     embeddings: Path = Field(description="embed-ct cache of the same split (CT and report latents, prompts).")
@@ -37,10 +34,12 @@ class EvaluateConfig(_Config):
     progress: bool = True
 
 
-class FewshotConfig(_Config):
+class FewshotConfig(StageConfig):
     run: Path = Field(description="Training run directory; its encoder is probed.")
     train_drr: Path = Field(description="simulate-drr store whose items train the probes (CT-RATE train).")
+    train_embeddings: Path = Field(description="embed-ct cache of the training split (labels, join).")
     test_drr: Path = Field(description="simulate-drr store the probes are scored on (CT-RATE valid).")
+    test_embeddings: Path = Field(description="embed-ct cache of the test split.")
     out: Path = Field(description="Folder for fewshot.csv, fewshot_summary.csv and fewshot.png.")
     checkpoint: Checkpoint = Field(default="best", description="'best', 'latest' or a checkpoint file of the run.")
     baseline_init: Path | None = Field(
@@ -57,6 +56,7 @@ class FewshotConfig(_Config):
     patience: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=1, description="Radiographs per encoder forward pass.")
     device: Device = "auto"
+    overwrite: bool = Field(default=False, description="Replace the files of an existing --out.")
     progress: bool = True
 
     @field_validator("fractions")
@@ -67,7 +67,7 @@ class FewshotConfig(_Config):
         return sorted(set(v))
 
 
-class PredictConfig(_Config):
+class PredictConfig(StageConfig):
     run: Path = Field(description="Training run directory (needs only it: encoder, transform, prompt latents).")
     inputs: list[Path] = Field(min_length=1, description="Radiograph files (DICOM, PNG, JPEG) or folders of them.")
     out: Path = Field(description="Output table: .csv or .json.")

@@ -67,3 +67,22 @@ def test_shuffled_latents_give_chance():
         settings=ProbeSettings(max_epochs=40, patience=5),
     )  # fmt: skip
     assert rows[0]["auroc_macro"] == pytest.approx(0.5, abs=0.08)
+
+
+def test_outputs_table_summary_and_plot(tmp_path):
+    import json
+
+    from trainer.fewshot.stage import write_fewshot_outputs
+
+    x, y = _planted(400, seed=4)
+    xt, yt = _planted(200, seed=5)
+    settings = ProbeSettings(max_epochs=10, patience=3)
+    rows = fewshot_rows("trained", x, y, xt, yt, ["a", "b", "noise"], (0.05, 1.0), (1024, 1234), settings)
+    rows += fewshot_rows("baseline", x[::-1], y, xt, yt, ["a", "b", "noise"], (0.05, 1.0), (1024, 1234), settings)
+    out = write_fewshot_outputs(tmp_path, rows, {"run": "r"})
+    assert (tmp_path / "fewshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((tmp_path / "fewshot.csv").read_text().splitlines()) == 1 + 8
+    assert len(out["summary"]) == 4 and json.loads((tmp_path / "fewshot.json").read_text())["run"] == "r"
+    trained = {s["fraction"]: s for s in out["summary"] if s["encoder"] == "trained"}
+    vals = [r["auroc_macro"] for r in rows if r["encoder"] == "trained" and r["fraction"] == 1.0]
+    assert trained[1.0]["auroc_macro_mean"] == pytest.approx(np.mean(vals))

@@ -111,3 +111,30 @@ def _colour_png(d):
     rgb[..., 2] = np.arange(64)[None, :]
     Image.fromarray(rgb).save(d / "colour.png")
     return d / "colour.png"
+
+
+def test_old_dicom_without_preamble_or_file_meta(tmp_path, stored):
+    """ACR-NEMA style files (no preamble, no Transfer Syntax UID, often no suffix) still read."""
+    import pydicom
+
+    ref = write_dicom(tmp_path / "ref.dcm", stored, "MONOCHROME1")
+    ds = pydicom.dcmread(ref)
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(tmp_path / "OLDFILE", implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert (tmp_path / "OLDFILE").read_bytes()[128:132] != b"DICM"
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "OLDFILE").image, read_radiograph(ref).image)
+
+
+def test_compressed_dicom_without_decoder_is_one_clear_line(tmp_path, stored, monkeypatch):
+    from pydicom.dataset import Dataset
+
+    path = write_dicom(tmp_path / "a.dcm", stored)
+
+    def no_decoder(self):
+        raise RuntimeError("Unable to decompress 'JPEG Lossless' pixel data because all plugins are missing:\n\tgdcm")
+
+    monkeypatch.setattr(Dataset, "pixel_array", property(no_decoder))
+    with pytest.raises(RadiographError, match="cannot be decoded .* decoder plugin") as err:
+        read_radiograph(path)
+    assert "\n" not in str(err.value)

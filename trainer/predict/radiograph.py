@@ -148,12 +148,13 @@ def _read_dicom(path: Path, keep_identifiers: bool) -> tuple[np.ndarray, bool, d
         raise RadiographError(
             f"{path}: a colour DICOM ({photometric}, {samples} samples per pixel); a radiograph is MONOCHROME1 or 2"
         )
+    _infer_transfer_syntax(ds)
     try:
         pixels = ds.pixel_array
     except Exception as e:  # decoders raise many types (missing plugin, corrupt stream)
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         raise RadiographError(
-            f"{path}: pixel data cannot be decoded ({e}); transfer syntax {syntax.name if syntax else 'unknown'}"
+            f"{path}: pixel data cannot be decoded ({' '.join(str(e).split())}); transfer syntax {syntax.name if syntax else 'unknown'}"
             " may need a decoder plugin (pylibjpeg, gdcm), or decompress the file first"
         ) from None
     values = apply_modality_lut(pixels, ds)
@@ -167,3 +168,22 @@ def _read_dicom(path: Path, keep_identifiers: bool) -> tuple[np.ndarray, bool, d
     if keep_identifiers:
         meta.update({k: str(ds.get(k)) for k in IDENTIFIERS if k in ds})
     return np.asarray(values, dtype=np.float64), invert, meta
+
+
+def _infer_transfer_syntax(ds) -> None:
+    """Old files (ACR-NEMA style, no preamble or file meta) lack a Transfer Syntax UID, which pydicom
+    needs to decode pixels; such files are uncompressed, so take it from the encoding they were read with."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    if implicit is None or little is None:
+        implicit, little = True, True
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -37,11 +38,12 @@ from nibabel.volumeutils import apply_read_scaling
 
 from pipeline.inflate import gunzip
 from schemas.ct import CANONICAL_ORIENTATION, CTLoadConfig
+from schemas.errors import PipelineError
 
 AIR_HU = -1000.0
 
 
-class CTLoadError(RuntimeError):
+class CTLoadError(PipelineError, RuntimeError):
     """A volume could not be turned into HU; the message names the file and the fix."""
 
 
@@ -60,7 +62,8 @@ class CTVolume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (mm) along the three array axes."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        sx, sy, sz = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return float(sx), float(sy), float(sz)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -193,6 +196,7 @@ def _header_scale(dataobj) -> Scale:
 
 
 def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.ndarray, Scale, np.ndarray, str]:
+    img: Any  # Nifti1Image or Nifti2Image; nibabel types load() as the base class
     try:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises several types for corrupt headers

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
 from pipeline.cli_errors import friendly_errors
+from schemas.errors import ItemsFailedError
 
 CONFIG = typer.Option(
     None, "--config", help="YAML or JSON file with these options (nested as in schemas/drr.py); flags override it."
@@ -99,8 +99,9 @@ def simulate_drr(
     if len(summary.failures) > 10:
         typer.echo(f"  ... and {len(summary.failures) - 10} more", err=True)
     if summary.aborted:
-        typer.secho(f"stopped: more than {cfg.max_failures} failures", fg=typer.colors.RED, err=True)
-        sys.exit(1)
+        raise ItemsFailedError(
+            f"stopped: more than {cfg.max_failures} failures (--max-failures); finished items are kept in {cfg.out}"
+        )
 
 
 @friendly_errors

@@ -10,6 +10,7 @@ import zarr
 
 from pipeline.drr.store import read_status
 from schemas.drr import ItemStatus, PreviewConfig
+from schemas.errors import InputMissingError, PipelineError
 from schemas.labels import CT_RATE_LABELS
 
 TEXT_LINE = 12  # pixel height of one line of PIL's default bitmap font
@@ -26,11 +27,16 @@ def contact_sheet(cfg: PreviewConfig) -> int:
     """Write the PNG; returns the number of items shown."""
     from PIL import Image, ImageDraw
 
-    group = zarr.open_group(str(cfg.store), mode="r")
+    try:
+        group = zarr.open_group(str(cfg.store), mode="r")
+    except FileNotFoundError:  # zarr: no group there
+        raise InputMissingError(
+            f"{cfg.store}: not a simulate-drr store; make one with `x2ct-pipeline simulate-drr`"
+        ) from None
     status = read_status(group)
     shown = np.flatnonzero(status == ItemStatus.DONE)[: cfg.n]
     if shown.size == 0:
-        raise ValueError(f"{cfg.store}: no finished items to show; run simulate-drr first")
+        raise PipelineError(f"{cfg.store}: no finished items to show; run simulate-drr first")
     views = group.attrs["layout"]["views"]
     ids, labels, images = group["ids"], group["labels"], group["images"]
 

@@ -148,15 +148,11 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
     ``client``: an existing ``distributed.Client`` (tests pass an in-process one); otherwise a
     cluster is made from ``cfg``.
     """
-    from pipeline.drr.store import store_lock
+    from pipeline.runtime import output_lock
 
     t_start = time.perf_counter()
-    rows = read_manifest(cfg.manifest)
-    if not rows:
-        from pipeline.config_file import ConfigError
-
-        raise ConfigError(f"manifest {cfg.manifest} has no rows; nothing to render")
-    with store_lock(cfg.out):  # one driver per store: two would render and write the same items
+    rows = read_manifest(cfg.manifest)  # refuses an empty manifest
+    with output_lock(cfg.out, "simulate-drr"):  # one driver per store: two would render and write the same items
         return _render_pending(cfg, rows, client, echo, t_start)
 
 

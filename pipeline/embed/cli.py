@@ -73,13 +73,7 @@ def embed_ct(
             "progress": progress,
         },
     )
-    from pipeline.embed.errors import TooManyFailures
-
-    try:
-        s = run_embed(cfg)
-    except TooManyFailures as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+    s = run_embed(cfg)  # too many failures: TooManyFailures, exit status 1
     rate = f", {s.embedded / s.work_s:.2f} volumes/s after start-up" if s.embedded and s.work_s else ""
     typer.echo(
         f"{cfg.out}: {s.embedded} embedded, {s.already_done} already there, {len(s.failures)} failed "

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -134,7 +134,7 @@ def _scale_and_pad(raw: np.ndarray, scale: Scale, padding_below_hu: float) -> tu
     """float32 HU in the stored voxel order (and memory order) of ``raw``, padding turned into
     air; also the number of non-finite voxels (counted only where the stored type and scaling
     could make any)."""
-    order = "F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C"
+    order: Literal["C", "F"] = "F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C"
     flat_raw = np.ravel(raw, order=order)  # a view for the memory-ordered arrays that readers return
     out = np.empty(flat_raw.size, dtype=np.float32)
     count_bad = not _always_finite(raw.dtype, scale)

@@ -11,6 +11,7 @@ import typer
 
 from pipeline._version import __version__
 from pipeline.ctclip.cli import ctclip_app
+from pipeline.ctclip.pretrain_cli import pretrain_ctclip
 from pipeline.drr.cli import preview, simulate_drr
 from pipeline.embed.cli import embed_ct
 from pipeline.eval_cli import evaluate, fewshot, predict
@@ -50,6 +51,7 @@ app.command("embed-ct")(embed_ct)
 app.command("evaluate")(evaluate)
 app.command("fewshot")(fewshot)
 app.command("predict")(predict)
+app.command("pretrain-ctclip")(pretrain_ctclip)
 
 
 @app.command(

@@ -1,49 +1,29 @@
-"""Turn the project's expected errors into one clear line and a non-zero exit."""
+"""Turn the project's expected errors into one clear line and the error's exit status.
+
+Every expected error derives from :class:`schemas.errors.PipelineError` (whatever stage
+raises it), so this is the only place the command line catches anything; any other
+exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import functools
 import sys
 
-import typer
-
-
-def expected_errors() -> tuple[type[BaseException], ...]:
-    from pipeline.config_file import ConfigError
-    from pipeline.ct_io import CTLoadError
-    from pipeline.ctclip.checkpoint import CheckpointError
-    from pipeline.ctclip.text import TokenizerError
-    from pipeline.embed.cache import CacheBusyError, CacheMismatchError
-    from pipeline.embed.errors import EmbedError
-    from pipeline.manifests.tables import TableError
-    from schemas.errors import PipelineError
-    from schemas.manifest import ManifestError
-
-    return (
-        PipelineError,
-        ConfigError,
-        ManifestError,
-        TableError,
-        CTLoadError,
-        CheckpointError,
-        TokenizerError,
-        FileNotFoundError,
-        CacheMismatchError,
-        CacheBusyError,
-        EmbedError,
-    )
+from schemas.errors import PipelineError
 
 
 def friendly_errors(fn):
-    """Decorator for command bodies: expected errors print as ``error: ...`` (one line) and exit with
-    the error's ``exit_code`` (2, refused before work, unless the class says otherwise)."""
+    """Decorator for command bodies: a PipelineError prints as ``error: ...`` and exits with its exit_code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except expected_errors() as e:
+        except PipelineError as e:
+            import typer
+
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            sys.exit(getattr(e, "exit_code", 2))
+            sys.exit(e.exit_code)
 
     return wrapper

@@ -13,11 +13,13 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from schemas.errors import PipelineError
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(PipelineError, ValueError):
+    """A config file or option is unusable; the message names the option."""
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from schemas.ct import CANONICAL_ORIENTATION, CTLoadConfig
+from schemas.errors import PipelineError
 
 AIR_HU = -1000.0
 
 
-class CTLoadError(RuntimeError):
+class CTLoadError(PipelineError, RuntimeError):
     """A volume could not be turned into HU; the message names the file and the fix."""
 
 
@@ -49,7 +51,8 @@ class CTVolume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (mm) along the three array axes."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        sx, sy, sz = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return float(sx), float(sy), float(sz)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -124,6 +127,7 @@ def _check_size(path: Path, shape: tuple[int, ...], cfg: CTLoadConfig) -> None:
 
 
 def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.ndarray, np.ndarray, str]:
+    img: Any  # Nifti1Image or Nifti2Image; nibabel types load() as the base class
     try:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises several types for corrupt headers

@@ -7,6 +7,7 @@
   appears under its final name complete or not at all. It is written under a hidden
   temporary name in the same folder, flushed to disk, renamed into place (``os.replace``
   is atomic on POSIX) and the folder is fsynced so the rename survives a power cut.
+  :func:`atomic_dir` does the same for a folder built whole (a new Zarr store).
   :func:`remove_temporaries` deletes what a killed writer left.
 * :func:`setup_logging` / :func:`log_to_file`: modules log through
   ``logging.getLogger(__name__)``; the command line shows INFO and above on stderr and a
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -93,6 +95,25 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; when the block ends without error it is
+    renamed to ``final`` (which must not exist, or be an empty folder), else deleted. The
+    files inside are not fsynced one by one: a folder is for outputs whose files are cheap
+    to rebuild if a power cut loses them, and which must never appear half-made."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(final)
+    try:
+        tmp.mkdir()
+        yield tmp
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write_bytes(final: str | Path, data: bytes) -> None:
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
@@ -103,11 +124,15 @@ def atomic_write_text(final: str | Path, text: str) -> None:
 
 
 def remove_temporaries(final: str | Path) -> None:
-    """Delete temporaries of ``final`` that a killed writer left behind."""
+    """Delete temporaries (files or folders) of ``final`` that a killed writer left behind.
+    Call it only while holding the output's lock: a running writer's temporary looks the same."""
     final = Path(final)
     if final.parent.is_dir():
         for p in final.parent.glob(f".{final.name}{TMP_MARK}*"):
-            p.unlink(missing_ok=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 # ---- logging -------------------------------------------------------------------------------------------------------

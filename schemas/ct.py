@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from schemas.base import StageConfig
 
 HUPolicy = Literal["header", "csv", "auto"]
 
@@ -15,10 +17,8 @@ HUPolicy = Literal["header", "csv", "auto"]
 CANONICAL_ORIENTATION = "LPS"
 
 
-class CTLoadConfig(BaseModel):
+class CTLoadConfig(StageConfig):
     """Options of :func:`pipeline.ct_io.load_ct`; part of every stage config that reads CTs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     hu_policy: HUPolicy = Field(
         default="header",

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.base import StageConfig
 from schemas.ct import CTLoadConfig
 from schemas.provenance import json_sha256
 
@@ -21,11 +22,7 @@ RenderMode = Literal["physics", "mean-hu"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GeometryConfig(_Config):
+class GeometryConfig(StageConfig):
     """Where source and detector sit, in patient coordinates, relative to the volume's centre.
 
     The isocentre is the centre of the CT volume's bounding box. The detector is square,
@@ -52,7 +49,7 @@ class GeometryConfig(_Config):
         return self
 
 
-class PhysicsConfig(_Config):
+class PhysicsConfig(StageConfig):
     """HU -> linear attenuation: mu = mu_water * (1 + HU/1000), clipped at 0.
 
     Above ``bone_threshold_hu`` the HU excess is multiplied by ``bone_scale`` (continuous at the
@@ -67,7 +64,7 @@ class PhysicsConfig(_Config):
     bone_scale: float = Field(default=1.0, gt=0, description="Multiplier of the HU excess above the threshold.")
 
 
-class PostConfig(_Config):
+class PostConfig(StageConfig):
     """Line integrals -> display image (uint16).
 
     Poisson noise (optional) acts on the transmitted intensity I = I0 exp(-L); the displayed
@@ -96,7 +93,7 @@ class PostConfig(_Config):
         return v
 
 
-class DRRRenderConfig(_Config):
+class DRRRenderConfig(StageConfig):
     """Everything that decides the pixels of one DRR."""
 
     mode: RenderMode = Field(
@@ -106,7 +103,9 @@ class DRRRenderConfig(_Config):
             "the mean of clipped HU along the beam, parallel beam, min-max scaled."
         ),
     )
-    views: list[View] = Field(default_factory=lambda: ["pa"], min_length=1, description="Views rendered per volume.")
+    views: list[View] = Field(
+        default_factory=lambda: list[View](["pa"]), min_length=1, description="Views rendered per volume."
+    )
     geometry: GeometryConfig = Field(default_factory=GeometryConfig)
     physics: PhysicsConfig = Field(default_factory=PhysicsConfig)
     post: PostConfig = Field(default_factory=PostConfig)
@@ -128,7 +127,7 @@ class DRRRenderConfig(_Config):
         return self
 
 
-class SimulateDRRConfig(_Config):
+class SimulateDRRConfig(StageConfig):
     manifest: Path = Field(description="Manifest (JSON Lines) of the volumes to render.")
     out: Path = Field(description="Zarr v3 store (a folder) to create or continue.")
     render: DRRRenderConfig = Field(default_factory=DRRRenderConfig)
@@ -167,7 +166,7 @@ class SimulateDRRConfig(_Config):
         return json_sha256(payload)
 
 
-class PreviewConfig(_Config):
+class PreviewConfig(StageConfig):
     store: Path = Field(description="Zarr store written by simulate-drr.")
     out: Path = Field(description="PNG contact sheet to write.")
     n: int = Field(default=16, ge=1, le=400, description="Items shown (the first finished ones).")

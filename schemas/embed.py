@@ -57,6 +57,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.base import StageConfig
 from schemas.ct import CTLoadConfig
 from schemas.manifest import ManifestRow
 from schemas.provenance import json_sha256
@@ -95,10 +96,8 @@ Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
 
 
-class EmbedConfig(BaseModel):
+class EmbedConfig(StageConfig):
     """Options of ``x2ct-pipeline embed-ct``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     manifest: Path = Field(description="Manifest (JSON Lines) of the volumes to embed.")
     checkpoint: Path = Field(description="CT-CLIP checkpoint (.pt state dict), e.g. CT-CLIP_v2.pt.")

@@ -26,3 +26,7 @@ class ItemsFailedError(PipelineError):
     """A run that stopped on, or ended with, too many failed items (finished items are kept)."""
 
     exit_code = 1
+
+
+class InputMissingError(PipelineError, FileNotFoundError):
+    """An input file or folder the run needs does not exist."""

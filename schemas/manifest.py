@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.errors import InputMissingError, PipelineError
 from schemas.labels import CT_RATE_LABELS, N_LABELS
 from schemas.provenance import file_sha256
 
@@ -160,7 +161,7 @@ def unstorable_characters(text: str, allow_control: bool) -> str:
     return ", ".join(sorted(repr(c)[1:-1] for c in bad))
 
 
-class ManifestError(ValueError):
+class ManifestError(PipelineError, ValueError):
     """A manifest line failed validation; the message names the file, line, volume and field."""
 
 
@@ -180,7 +181,7 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestR
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist; build one with `x2ct-pipeline manifest ...`")
+        raise InputMissingError(f"manifest {path} does not exist; build one with `x2ct-pipeline manifest ...`")
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
     raw = path.read_bytes()

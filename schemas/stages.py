@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from schemas.base import StageConfig
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CTRateManifestConfig(_Config):
+class CTRateManifestConfig(StageConfig):
     root: Path = Field(description="CT-RATE dataset folder (holds train/ or valid/ and the CSVs below it).")
     split: Literal["train", "valid"]
     out: Path = Field(description="Manifest to write (JSON Lines).")
@@ -21,7 +19,7 @@ class CTRateManifestConfig(_Config):
     metadata_csv: Path | None = Field(default=None, description="Metadata CSV; found under root when omitted.")
 
 
-class RadChestManifestConfig(_Config):
+class RadChestManifestConfig(StageConfig):
     volumes: Path = Field(description="Folder of RadChest-CT NumPy volumes (.npz/.npy, HU).")
     labels_csv: Path = Field(description="RadChest-CT labels CSV ('abnormality*location' columns).")
     spacing_csv: Path = Field(description="CSV with VolumeName, XSpacing, YSpacing, ZSpacing (mm per array axis).")
@@ -30,14 +28,14 @@ class RadChestManifestConfig(_Config):
     out: Path
 
 
-class GenericManifestConfig(_Config):
+class GenericManifestConfig(StageConfig):
     volumes: Path = Field(description="Folder of NIfTI volumes (searched recursively).")
     table: Path = Field(description="CSV with VolumeName, Findings_EN, Impressions_EN and any of the 18 label columns.")
     split: Literal["train", "valid", "test", "external"] = "external"
     out: Path
 
 
-class SynthConfig(_Config):
+class SynthConfig(StageConfig):
     out: Path = Field(description="Folder to write the synthetic CT-RATE into.")
     n: int = Field(default=64, ge=2, description="Number of volumes.")
     size: int = Field(default=96, ge=32, le=512, description="In-plane matrix size (voxels); slices scale with it.")

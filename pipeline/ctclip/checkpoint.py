@@ -14,12 +14,13 @@ A checkpoint is a plain state dict, as the official ``CTCLIP.load`` expects
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from pipeline.runtime import atomic_path
 from schemas.ctclip import CTCLIPConfig
+from schemas.errors import PipelineError
 from schemas.provenance import file_sha256
 
 ALLOWED_EXTRA_KEYS = frozenset(
@@ -36,7 +37,7 @@ SHARED_KEYS = ("temperature",)
 _LIST_AT_MOST = 15
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PipelineError, ValueError):
     """A checkpoint file cannot be used; the message names the file and what is wrong."""
 
 
@@ -177,8 +178,6 @@ def _fill_absent(model: torch.nn.Module) -> None:
 def save_ctclip(model: torch.nn.Module, path: str | Path) -> str:
     """Write the state dict (atomically: temporary file, then rename); returns its sha256."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
     return file_sha256(path)

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from schemas.errors import PipelineError
+
 NOT_GIVEN = "Not given."
 # Special tokens tokenize() emits. BertTokenizer silently appends any that vocab.txt lacks under new ids
 # the model never learnt (or, for an empty file, fails at the first text), so their absence is refused.
@@ -14,7 +16,7 @@ REQUIRED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 STRIPPED_CHARS = "\"'()"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(PipelineError, ValueError):
     """The tokenizer folder is unusable; the message names it and the fix."""
 
 

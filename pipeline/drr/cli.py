@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pipeline.cli_errors import friendly_errors
+from schemas.errors import ItemsFailedError
 
 CONFIG = typer.Option(
     None, "--config", help="YAML or JSON file with these options (nested as in schemas/drr.py); flags override it."
@@ -99,7 +100,6 @@ def simulate_drr(
         typer.echo(f"  {vid}: {reason}", err=True)
     if len(summary.failures) > 10:
         typer.echo(f"  ... and {len(summary.failures) - 10} more", err=True)
-    from schemas.errors import ItemsFailedError
 
     if summary.aborted:
         raise ItemsFailedError(

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from schemas.drr import GeometryConfig, View
+from schemas.errors import PipelineError
 
 # view -> (beam direction, image column direction, image row direction) as (world axis, sign).
 VIEW_FRAMES: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {
@@ -41,7 +42,7 @@ VIEW_FRAMES: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]
 }
 
 
-class GeometryError(ValueError):
+class GeometryError(PipelineError, ValueError):
     """The volume and the geometry do not fit together (e.g. the source would sit inside the volume)."""
 
 

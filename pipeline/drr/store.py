@@ -28,18 +28,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from pipeline.config_file import ConfigError
+from pipeline.runtime import atomic_dir, remove_temporaries
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
+from schemas.errors import PipelineError
 from schemas.manifest import ManifestRow, storable_line
 from schemas.provenance import Provenance
 
@@ -48,12 +47,8 @@ UINT16_NOTE = (
 )
 
 
-class StoreMismatchError(ConfigError):
+class StoreMismatchError(PipelineError, ValueError):
     """The store was made with another config or manifest; continuing it would mix outputs."""
-
-
-class StoreBusyError(ConfigError):
-    """Another simulate-drr run is writing the store."""
 
 
 def refuse_non_folder(path: Path) -> None:
@@ -64,32 +59,16 @@ def refuse_non_folder(path: Path) -> None:
         )
 
 
-@contextmanager
-def store_lock(path: Path):
-    """Hold ``<store>.lock`` (an advisory lock beside the store, so --overwrite can replace the
-    store under it) for a whole run. The OS releases it when the process dies, even by SIGKILL."""
-    import fcntl
-
-    refuse_non_folder(path)  # before the lock file is made beside it
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreBusyError(
-                f"{path} is being written by another simulate-drr run; wait for it or stop it"
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> zarr.Group:
     """Build the store in a temporary folder beside ``path`` and rename it into place, so a
     half-created store never exists under the final name."""
-    tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
-    group = zarr.open_group(str(tmp), mode="w")
+    with atomic_dir(path) as tmp:
+        _build_store(tmp, layout, rows, provenance)
+    return zarr.open_group(str(path), mode="r+")
+
+
+def _build_store(folder: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> None:
+    group = zarr.open_group(str(folder), mode="w")
     compressor = ZstdCodec(level=layout.zstd_level)
     group.create_array(
         layout.images,
@@ -134,8 +113,6 @@ def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], pr
             "uint16_mapping": UINT16_NOTE,
         }
     )
-    tmp.rename(path)
-    return zarr.open_group(str(path), mode="r+")
 
 
 def check_store(
@@ -190,6 +167,7 @@ def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provena
         discard_store(path)
     elif path.parent.is_dir():
         _remove_discarded(path)
+    remove_temporaries(path)  # a creation killed before its rename
     if path.exists():
         try:
             group = zarr.open_group(str(path), mode="r+")
@@ -274,9 +252,11 @@ def discard_store(path: Path) -> None:
 
 
 def _remove_discarded(path: Path) -> None:
-    """Delete stores that ``discard_store`` renamed away (also those a killed run left)."""
-    for old in path.parent.glob(f".{path.name}.deleting-*"):
-        shutil.rmtree(old, ignore_errors=True)
+    """Delete stores that ``discard_store`` renamed away (also those a killed run left), and
+    half-created stores that versions before ``atomic_dir`` named ``.<store>.creating-*``."""
+    for pattern in (f".{path.name}.deleting-*", f".{path.name}.creating-*"):
+        for old in path.parent.glob(pattern):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def read_status(group: zarr.Group) -> np.ndarray:

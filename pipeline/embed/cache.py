@@ -30,18 +30,19 @@ the process is killed.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from pipeline.embed.shards import Rows, ShardFolder, fsync_dir
+from pipeline.embed.shards import Rows, ShardFolder
+from pipeline.runtime import atomic_path, output_lock, remove_temporaries
 from schemas.embed import EMBED_LAYOUT_VERSION, PROMPT_TEMPLATES, ROW_CHUNK, EmbedIdentity
+from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS, N_LABELS
 from schemas.provenance import Provenance
 
@@ -62,12 +63,8 @@ def _row_layout(latent_dim: int) -> dict[str, tuple[tuple[int, ...], object]]:
     }
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(PipelineError, ValueError):
     """The file was made with another checkpoint, tokenizer or preprocessing."""
-
-
-class CacheBusyError(RuntimeError):
-    """Another process is writing the same cache."""
 
 
 @dataclass
@@ -122,11 +119,6 @@ def refuse_foreign(path: Path) -> None:
             f"{path} exists and is not an embed-ct cache; it is left as it is (--overwrite replaces only "
             "an embed-ct cache): choose another --out, or move the file away"
         )
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _write_header(f: h5py.File, header: CacheHeader) -> None:
@@ -199,10 +191,10 @@ def _replace_failures(f: h5py.File, failures: dict[str, str]) -> None:
 class EmbeddingCache:
     """The single writer of one cache file. Use :meth:`open`, then :meth:`commit`, then :meth:`close`."""
 
-    def __init__(self, path: Path, identity: EmbedIdentity, lock_fd: int):
+    def __init__(self, path: Path, identity: EmbedIdentity, lock: ExitStack):
         self.path = path
         self.identity = identity
-        self._lock_fd = lock_fd
+        self._lock = lock  # holds runtime.output_lock until close()
         self.shards = ShardFolder(path.with_name(path.name + ".parts"), identity.sha256())
         self._file_ids: set[str] = set()
         self._file_row_sha256: dict[str, str] = {}  # id -> hash of the manifest row it was made from
@@ -233,16 +225,9 @@ class EmbeddingCache:
         """
         path = Path(path)
         refuse_foreign(path)  # before the lock file is made beside it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise CacheBusyError(
-                f"{path} is being written by another embed-ct process; wait for it or stop it"
-            ) from None
-        cache = cls(path, identity, lock_fd)
+        lock = ExitStack()
+        lock.enter_context(output_lock(path, "embed-ct"))
+        cache = cls(path, identity, lock)
         try:
             cache._prepare(overwrite, manifest_sha256, row_sha256 or {})
         except BaseException:
@@ -251,8 +236,7 @@ class EmbeddingCache:
         return cache
 
     def _prepare(self, overwrite: bool, manifest_sha256: str | None, row_sha256: dict[str, str]) -> None:
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # an interrupted merge
-            stale.unlink(missing_ok=True)
+        remove_temporaries(self.path)  # an interrupted create or merge
         self.shards.remove_leftovers()
         if overwrite and self.path.exists():
             self._replacing = True
@@ -291,12 +275,11 @@ class EmbeddingCache:
         """Write a new, empty cache with its prompts, temperature and attributes (atomically)."""
         if header.identity.sha256() != self.identity.sha256():
             raise ValueError("header identity differs from the cache's")
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with h5py.File(tmp, "w") as f:
-            _write_header(f, header)
-        # The old file's pending rows go first: a kill before the rename leaves the old file, readable.
-        self.shards.discard_all()
-        self._publish(tmp)
+        with atomic_path(self.path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                _write_header(f, header)
+            # The old file's pending rows go first: a kill before the rename leaves the old file, readable.
+            self.shards.discard_all()
         self._replacing = False
 
     # ---- state -----------------------------------------------------------------------------------------------------
@@ -349,27 +332,21 @@ class EmbeddingCache:
             if vid not in seen:
                 seen.add(vid)
                 keep.append(i)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        shutil.copyfile(self.path, tmp)
-        with h5py.File(tmp, "r+") as f:
-            _append_rows(f, rows.select(keep))
-            failures = dict(zip(f["failures/ids"].asstr()[:], f["failures/reasons"].asstr()[:]))
-            failures.update(zip(rows.failed_ids, rows.failed_reasons))
-            _replace_failures(f, {k: v for k, v in failures.items() if k not in seen})
-            if extra_manifest:
-                history = json.loads(f.attrs.get("manifest_sha256_history", "[]")) + [extra_manifest]
-                f.attrs["manifest_sha256_history"] = json.dumps(history)
-        self._publish(tmp)
+        with atomic_path(self.path) as tmp:
+            shutil.copyfile(self.path, tmp)
+            with h5py.File(tmp, "r+") as f:
+                _append_rows(f, rows.select(keep))
+                failures = dict(zip(f["failures/ids"].asstr()[:], f["failures/reasons"].asstr()[:]))
+                failures.update(zip(rows.failed_ids, rows.failed_reasons))
+                _replace_failures(f, {k: v for k, v in failures.items() if k not in seen})
+                if extra_manifest:
+                    history = json.loads(f.attrs.get("manifest_sha256_history", "[]")) + [extra_manifest]
+                    f.attrs["manifest_sha256_history"] = json.dumps(history)
         for p in shard_files:
             p.unlink(missing_ok=True)
         self._file_ids = seen
         self._file_row_sha256.update((rows.ids[i], rows.row_sha256[i]) for i in keep)
         self._pending = []
-
-    def _publish(self, tmp: Path) -> None:
-        _fsync_file(tmp)
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
 
     def close(self, merge: bool = True) -> None:
         """Merge what is pending (unless ``merge`` is False) and release the lock."""
@@ -377,10 +354,7 @@ class EmbeddingCache:
             if merge and self._pending:
                 self.merge()
         finally:
-            if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._lock.close()  # idempotent
 
     def __enter__(self) -> EmbeddingCache:
         return self

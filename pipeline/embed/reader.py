@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.embed.shards import SHARD_NAME, read_shard
 from schemas.embed import PROMPT_TEMPLATES, EmbedIdentity
+from schemas.errors import InputMissingError
 from schemas.provenance import Provenance
 
 
@@ -43,7 +44,7 @@ def load_embeddings(path: str | Path, include_pending: bool = True) -> Embedding
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"embedding cache {path} does not exist; make it with `x2ct-pipeline embed-ct`")
+        raise InputMissingError(f"embedding cache {path} does not exist; make it with `x2ct-pipeline embed-ct`")
     with h5py.File(path, "r") as f:
         emb = Embeddings(
             ids=list(f["ids"].asstr()[:]),

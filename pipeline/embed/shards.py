@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.runtime import TMP_MARK, atomic_path
 from schemas.labels import N_LABELS
 
 SHARD_NAME = re.compile(r"^(\d{8})\.npz$")
@@ -93,14 +94,6 @@ def _str_array(values: list[str]) -> np.ndarray:
     return np.array(values, dtype=str) if values else np.zeros((0,), dtype="<U1")
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ShardFolder:
     """The folder of pending commits beside the HDF5 file (``<out>.parts/``)."""
 
@@ -114,19 +107,20 @@ class ShardFolder:
         return sorted(p for p in self.folder.iterdir() if SHARD_NAME.match(p.name))
 
     def remove_leftovers(self) -> None:
-        """Temporary files of a commit that was interrupted before its rename."""
+        """Temporary files of a commit that was interrupted before its rename (``.<shard>.tmp``:
+        the name before the shared ``runtime.atomic_path``)."""
         if self.folder.is_dir():
             for p in self.folder.iterdir():
-                if not SHARD_NAME.match(p.name) and p.name.endswith(".tmp"):
+                if p.name.startswith(".") and (TMP_MARK in p.name or p.name.endswith(".tmp")):
                     p.unlink(missing_ok=True)
 
     def write(self, rows: Rows) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         existing = self.files()
-        seq = int(SHARD_NAME.match(existing[-1].name).group(1)) + 1 if existing else 0
+        last = SHARD_NAME.match(existing[-1].name) if existing else None  # files() lists only matching names
+        seq = int(last.group(1)) + 1 if last else 0
         final = self.folder / f"{seq:08d}.npz"
-        tmp = self.folder / f".{seq:08d}.npz.tmp"
-        with tmp.open("wb") as f:
+        with atomic_path(final) as tmp, tmp.open("wb") as f:
             np.savez(
                 f,
                 identity_sha256=np.array(self.identity_sha256),
@@ -139,10 +133,6 @@ class ShardFolder:
                 failed_reasons=_str_array(rows.failed_reasons),
                 row_sha256=_str_array(rows.row_sha256),
             )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(self.folder)
         return final
 
     def read(self, path: Path) -> Rows | None:

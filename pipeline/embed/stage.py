@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,8 @@ def spec_shape(model: str) -> tuple[int, int, int]:
     """The model input's shape (x, y, z) of a CT-CLIP config."""
     from pipeline.ctclip.config import get_config
 
-    return tuple(get_config(model).preprocess.shape)
+    x, y, z = get_config(model).preprocess.shape
+    return x, y, z
 
 
 def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
@@ -189,7 +191,7 @@ class _Runner:
         self.waiting: list = []  # (row, CT latent) whose report latent another running task computes
         self.buffer: list[Rows] = []
         self.buffered = 0
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar while run() runs
 
     def run(self, todo: list[ManifestRow]) -> None:
         from tqdm import tqdm

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS
 from schemas.manifest import ManifestRow, shown, strip_volume_suffix
 
 
-class TableError(ValueError):
+class TableError(PipelineError, ValueError):
     """A table cannot be used at all (missing file or columns); the message names the file and the fix."""
 
 

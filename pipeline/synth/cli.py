@@ -33,8 +33,8 @@ def synth(
     """Synthetic chest CTs with drawn abnormalities, reports and labels, in CT-RATE layout and CSV formats."""
     import time
 
-    from pipeline.config_file import ConfigError, build_config
-    from pipeline.synth.writer import SynthOutputError, synthesize
+    from pipeline.config_file import build_config
+    from pipeline.synth.writer import synthesize
     from schemas.stages import SynthConfig
 
     cfg = build_config(
@@ -43,10 +43,7 @@ def synth(
         dict(out=out, n=n, size=size, seed=seed, valid_fraction=valid_fraction, workers=workers, overwrite=overwrite),
     )
     start = time.perf_counter()
-    try:
-        recs = synthesize(cfg, progress=progress)
-    except SynthOutputError as e:
-        raise ConfigError(str(e)) from None
+    recs = synthesize(cfg, progress=progress)
     splits = {s: sum(r.split == s for r in recs) for s in ("train", "valid")}
     typer.echo(
         f"wrote {len(recs)} volumes ({splits['train']} train, {splits['valid']} valid) to {cfg.out} "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.runtime import atomic_path, atomic_write_text, remove_temporaries
 from pipeline.synth.plan import PatientPlan, ReconPlan, ScanPlan, build_plan, rng_for
 from pipeline.synth.reports import write_report
+from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS
 from schemas.stages import SynthConfig
 
@@ -48,7 +49,7 @@ OUR_ENTRIES = (
 _REPORT_KEY = 6
 
 
-class SynthOutputError(ValueError):
+class SynthOutputError(PipelineError, ValueError):
     """The output folder cannot be used as asked; the message says what to do."""
 
 
@@ -99,10 +100,8 @@ def _write_nifti(path: Path, hu: np.ndarray, affine: np.ndarray, storage: str) -
     img.set_sform(affine, code=1)
     if storage == "offset":
         img.header.set_slope_inter(1.0, -float(STORAGE_OFFSET))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.partial.nii.gz")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # ends in .nii.gz: nibabel picks the format from the name
+        nib.save(img, str(tmp))
 
 
 def _render_scan(args: tuple[PatientPlan, ScanPlan, int, str]) -> list[str]:
@@ -110,6 +109,7 @@ def _render_scan(args: tuple[PatientPlan, ScanPlan, int, str]) -> list[str]:
     todo = [r for r in scan.recons if not volume_path(Path(root), patient, scan, r).is_file()]  # finished: kept
     trees = patient_trees(patient) if todo else None
     for recon in todo:
+        remove_temporaries(volume_path(Path(root), patient, scan, recon))  # of a killed run
         hu = render_volume(patient, scan, recon, size, trees)
         grid = patient.grid(scan, recon, size)
         _write_nifti(
@@ -196,7 +196,7 @@ def write_tables(root: Path, recs: list[VolumeRecord]) -> None:
         for split in ("train", "valid"):
             path = root / folder / pattern.format(split_word[folder][split])
             rows = sorted((r for r in recs if r.split == split), key=lambda r: _natural(r.name))
-            with path.open("w", encoding="utf-8", newline="") as f:
+            with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
                 w = csv.writer(f, lineterminator="\n")
                 w.writerow(header)
                 for r in rows:
@@ -241,7 +241,7 @@ def prepare_output(cfg: SynthConfig) -> bool:
             elif p.exists():
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(_marker_text(cfg), encoding="utf-8")
+    atomic_write_text(marker, _marker_text(cfg))
     return False
 
 
@@ -255,7 +255,7 @@ def write_provenance(cfg: SynthConfig) -> None:
         config=json.loads(cfg.model_dump_json()),
         config_sha256=json_sha256(cfg.content_fields()),
     )
-    (cfg.out / "synth_provenance.json").write_text(prov.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(cfg.out / "synth_provenance.json", prov.model_dump_json(indent=2) + "\n")
 
 
 def synthesize(cfg: SynthConfig, progress: bool = True) -> list[VolumeRecord]:

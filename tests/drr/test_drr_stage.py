@@ -386,11 +386,11 @@ def test_two_runs_on_one_cluster_do_not_share_tasks(tiny_set, client, monkeypatc
 
 def test_a_second_run_into_a_store_being_written_is_refused(tiny_set, client):
     """Two drivers on one store would render the same pending items and write the same chunks."""
-    from pipeline.drr.store import StoreBusyError, store_lock
+    from pipeline.runtime import OutputBusyError, output_lock
 
     out = tiny_set.parent / "busy.zarr"
-    with store_lock(out):  # another run holds the store
-        with pytest.raises(StoreBusyError, match="another simulate-drr run"):
+    with output_lock(out, "simulate-drr"):  # another run holds the store
+        with pytest.raises(OutputBusyError, match="another simulate-drr run"):
             run_stage(_cfg(tiny_set, out), client=client, echo=lambda *_: None)
     assert not out.exists()
     assert run_stage(_cfg(tiny_set, out, limit=1), client=client, echo=lambda *_: None).done == 1  # released

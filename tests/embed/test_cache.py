@@ -14,9 +14,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.embed.cache import CacheBusyError, CacheHeader, CacheMismatchError, EmbeddingCache, prompt_texts
+from pipeline.embed.cache import CacheHeader, CacheMismatchError, EmbeddingCache, prompt_texts
 from pipeline.embed.reader import load_embeddings
 from pipeline.embed.shards import Rows
+from pipeline.runtime import OutputBusyError
 from schemas.embed import PROMPT_TEMPLATES, ROW_CHUNK, EmbedIdentity
 from schemas.labels import CT_RATE_LABELS
 from schemas.provenance import Provenance
@@ -151,7 +152,7 @@ def test_failure_cleared_when_the_item_later_succeeds(tmp_path):
 def test_one_writer_at_a_time(tmp_path):
     out = tmp_path / "emb.h5"
     with EmbeddingCache.open(out, identity()):
-        with pytest.raises(CacheBusyError, match="another embed-ct process"):
+        with pytest.raises(OutputBusyError, match="being written by another embed-ct run"):
             EmbeddingCache.open(out, identity())
 
 
@@ -213,7 +214,10 @@ def test_kill_during_merge_leaves_no_duplicates_or_junk(tmp_path):
     # The state of a kill after the merged file was renamed into place but before the shard was
     # deleted, with a half-written temporary copy and a half-written shard lying around.
     shard.write_bytes(saved)
+    # Leftovers named as runtime.atomic_path names its temporaries, and as older versions did.
+    (tmp_path / ".emb.h5.tmp-0123abcd.h5").write_bytes(b"\x89HDF half")
     (tmp_path / ".emb.h5.tmp-12345").write_bytes(b"\x89HDF half")
+    (shard.parent / ".00000009.npz.tmp-0123abcd.npz").write_bytes(b"PK half")
     (shard.parent / ".00000009.npz.tmp").write_bytes(b"PK half")
     with EmbeddingCache.open(out, identity()) as cache:
         assert cache.n_pending == 0 and cache.done_ids() == {f"valid_{i}_a_1" for i in range(3)}

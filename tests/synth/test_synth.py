@@ -14,6 +14,7 @@ from scipy.ndimage import median_filter
 
 from pipeline.ct_io import AirCheckError, load_ct
 from pipeline.manifests.ct_rate import build_ct_rate
+from pipeline.runtime import TMP_MARK
 from pipeline.synth.abnormalities import nodule_centers
 from pipeline.synth.findings import LABEL_MODEL, Findings, draw_details
 from pipeline.synth.plan import build_plan
@@ -126,7 +127,7 @@ def test_layout_and_tables(dataset):
             rows = list(csv.reader(f))
         assert rows[0] == columns
         assert all(r[0].startswith("valid_") and r[0].endswith(".nii.gz") for r in rows[1:])
-    assert not list(root.rglob(".*partial*"))
+    assert not list(root.rglob(f"*{TMP_MARK}*")), "no temporaries left"
 
 
 def test_same_config_same_bytes(dataset, tmp_path):
@@ -556,12 +557,15 @@ def test_rerun_resumes_and_keeps_finished_volumes(dataset, tmp_path):
     p, s, r = vols[-1]
     gone = volume_path(copy, p, s, r)
     gone.unlink()  # as if the run had been killed while writing it
+    half = gone.with_name(f".{gone.name}{TMP_MARK}0123abcd.nii.gz")
+    half.write_bytes(b"half a volume")
     shutil.rmtree(copy / "metadata")
     kept = volume_path(copy, *vols[0])
     before = kept.stat().st_mtime_ns
     synthesize(cfg.model_copy(update={"out": copy, "workers": 1}), progress=False)
     assert kept.stat().st_mtime_ns == before  # not redone
     assert gone.read_bytes() == volume_path(cfg.out, p, s, r).read_bytes()
+    assert not half.exists(), "the killed run's temporary is removed"
     for rel in ("metadata/train_metadata.csv", "metadata/validation_metadata.csv"):
         assert (copy / rel).read_bytes() == (cfg.out / rel).read_bytes()
     with pytest.raises(ValueError, match="not empty"):

@@ -126,7 +126,9 @@ def _cluster(cfg: SimulateDRRConfig):
 
     cores = os.cpu_count() or 1
     if cfg.scheduler is not None:
-        client = Client(cfg.scheduler)
+        from pipeline.runtime import connect_scheduler
+
+        client = connect_scheduler(cfg.scheduler)
         return client, cfg.threads_per_worker or 1, client.close
     workers = cfg.workers or default_workers(cores)
     threads = cfg.threads_per_worker or max(1, cores // workers)

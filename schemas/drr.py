@@ -22,6 +22,13 @@ RenderMode = Literal["physics", "mean-hu"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
+def unique_views(v: list[View]) -> list[View]:
+    """Validator of every ``views`` option: each view at most once."""
+    if len(set(v)) != len(v):
+        raise ValueError(f"views repeat: {v}")
+    return v
+
+
 class GeometryConfig(StageConfig):
     """Where source and detector sit, in patient coordinates, relative to the volume's centre.
 
@@ -112,12 +119,7 @@ class DRRRenderConfig(StageConfig):
     mean_hu_clip: tuple[float, float] = Field(default=(-1000.0, 1000.0), description="HU clip of the 'mean-hu' mode.")
     slab: int = Field(default=16, ge=1, le=512, description="Voxel planes processed together (memory vs. speed).")
 
-    @field_validator("views")
-    @classmethod
-    def _unique(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError(f"views repeat: {v}")
-        return v
+    _unique = field_validator("views")(unique_views)
 
     @model_validator(mode="after")
     def _mean_hu_is_parallel(self):

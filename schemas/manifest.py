@@ -189,9 +189,9 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestR
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
+        bad_line = raw[: e.start].count(b"\n") + 1
         raise ManifestError(
-            f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); manifests are UTF-8 JSON Lines: "
+            f"{path}:{bad_line}: not UTF-8 (byte 0x{raw[e.start]:02x}); manifests are UTF-8 JSON Lines: "
             "rebuild it with `x2ct-pipeline manifest ...` or re-save it as UTF-8"
         ) from None
     for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string

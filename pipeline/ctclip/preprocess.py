@@ -15,8 +15,8 @@ the array in its on-disk axis order (x, y, z):
 Orientation: the official loader never reorients, so CT-CLIP only knows the
 on-disk axes of CT-RATE files. ``load_ct`` returns every volume in LPS voxel
 order; ``cfg.preprocess.orientation`` names the CT-RATE on-disk order (LPS by
-default, per REFERENCE.md §4, so nothing moves) and the LPS array is reordered
-to it first.
+default, as a public listing of CT-RATE headers shows, so nothing moves; see
+docs/ctclip-compatibility.md) and the LPS array is reordered to it first.
 
 Spacing: the official loader reads it from the CT-RATE metadata CSV (float64
 decimals such as 0.6), not from the NIfTI header (float32: 0.6000000238). Where

@@ -4,12 +4,14 @@ Layout (:class:`schemas.drr.DRRStoreLayout`):
 
 * ``images`` (N, V, H, W) uint16, zstd; chunk = one image, shard = one item. A trainer reads
   one image with one range request into one file; the task that renders an item writes that
-  item's shard file whole, so no two tasks ever touch the same file.
+  item's shard file whole, so no two tasks ever touch the same file. 50k volumes with two
+  views make 50k image files, not 100k; a 512x512 image compresses from 0.5 MB to 0.35-0.45 MB.
 * ``line_integrals`` (N, V, H, W) float16, same chunking (only with ``--line-integrals``).
 * ``status`` (N,) uint8 (0 pending, 1 done, 2 failed) and ``errors`` (N,) str: one chunk per
   item, written by its task after the images. ``status == 1`` is the completion mask.
 * ``status_snapshot`` (N,) uint8, one chunk, written only by the driver at the end of a run:
-  a fast-to-read copy; :func:`read_status` combines it with the per-item chunks.
+  a fast-to-read copy; :func:`read_status` combines it with the per-item chunks, reading
+  only the chunks of items not done in the snapshot (50k single-item chunks take about 13 s).
 * ``ids`` (N,) str and ``labels`` (N, 18) int8 (-1: no label), written once at creation.
 * attributes: ``provenance`` (config, its content hash, software version, manifest sha256),
   ``manifest_rows`` (row count and a hash of the rows' content), ``layout``,
@@ -19,9 +21,10 @@ Items are identified by position. A manifest that holds the store's rows unchang
 same order, with rows appended continues the store (the arrays grow, the new items are
 pending); any other manifest change is refused.
 
-The local store writes every file atomically (temporary file + rename), so a killed task
-leaves either the old file or the new one; an item counts as done only once its status chunk
-says so, which is written last.
+A new store is built in a temporary folder and renamed into place. The local store writes
+every file atomically (temporary file + rename), so a killed task leaves either the old file
+or the new one; an item counts as done only once its status chunk says so, which is written
+last.
 """
 
 from __future__ import annotations

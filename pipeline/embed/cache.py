@@ -1,6 +1,6 @@
 """The embedding cache: one HDF5 file, written by one process, never left half-written.
 
-Why this design (see also the README section on ``embed-ct``). HDF5 keeps its
+Why this design (what users are promised: docs/embed-ct.md). HDF5 keeps its
 metadata (B-trees, heaps, superblock) in a cache in memory; a process killed
 while a file is open for writing can leave that file unreadable, and SWMR mode
 does not protect against a kill either. So the HDF5 file is never modified in

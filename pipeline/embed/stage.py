@@ -101,7 +101,7 @@ def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
 
 
 def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) -> EmbedSummary:
-    """Embed every manifest row not yet in ``cfg.out``; see the README section on embed-ct."""
+    """Embed every manifest row not yet in ``cfg.out``; see docs/embed-ct.md."""
     from pipeline.ctclip.text import report_text
     from pipeline.embed.backends import make_backend
 

@@ -20,7 +20,9 @@ class EvaluateConfig(StageConfig):
     embeddings: Path = Field(description="embed-ct cache of the same split (CT and report latents, prompts).")
     out: Path = Field(description="Folder for metrics.json, CSV tables, figures and report.html.")
     checkpoint: Checkpoint = Field(default="best", description="'best', 'latest' or a checkpoint file of the run.")
-    views: list[View] = Field(default_factory=lambda: ["pa"], min_length=1, description="Views evaluated, each apart.")
+    views: list[View] = Field(
+        default_factory=lambda: list[View](["pa"]), min_length=1, description="Views evaluated, each apart."
+    )
     labels: list[str] | None = Field(
         default=None, description="Restrict the metrics to these labels (default: the 18, or those the split has)."
     )

@@ -24,6 +24,7 @@ radiograph beside CT), and ``report.html`` (all of it in one self-contained file
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -58,7 +59,7 @@ def select_labels(y: np.ndarray, label_names: list[str], wanted: list[str] | Non
         unknown = [w for w in wanted if w not in label_names]
         if unknown:
             raise EvaluateError(f"unknown label(s) {unknown}; choose among {label_names}")
-    present = known_mask(y).any(axis=0)
+    present = np.asarray(known_mask(y).any(axis=0))
     cols = [j for j, n in enumerate(label_names) if present[j] and (not wanted or n in wanted)]
     if not cols:
         raise EvaluateError("no label to evaluate: every selected label is unknown for every item of the split")
@@ -300,6 +301,10 @@ def write_outputs(
 # ---- the command ----------------------------------------------------------------------------------------------------
 
 
+def read_view(split, view: int, item: int) -> np.ndarray:
+    return split.read_image(item, view)
+
+
 def run_evaluate(cfg) -> dict[str, Any]:
     from pipeline.runtime import output_lock
     from schemas.provenance import file_sha256
@@ -319,7 +324,7 @@ def run_evaluate(cfg) -> dict[str, Any]:
         x_by_view = {}
         for v, view in enumerate(split.views):
             x_by_view[view] = encode_store_items(
-                run.encoder, run.eval_transform, lambda i, v=v: split.read_image(i, v), range(len(split)),
+                run.encoder, run.eval_transform, functools.partial(read_view, split, v), range(len(split)),
                 cfg.batch_size, device, cfg.progress, desc=f"encoding {view}",
             )  # fmt: skip
         results, probs = evaluate_latents(

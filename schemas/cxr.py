@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.base import StageConfig
 from schemas.errors import PipelineError
-from schemas.labels import CT_RATE_LABELS, N_LABELS
+from schemas.labels import N_LABELS, check_label_values
 from schemas.manifest import Split
 
 
@@ -49,12 +49,7 @@ class CXRRow(BaseModel):
     @field_validator("labels")
     @classmethod
     def _check_labels(cls, v: list[int | None]) -> list[int | None]:
-        if len(v) != N_LABELS:
-            raise ValueError(f"expected {N_LABELS} labels in CT-RATE order, got {len(v)}")
-        bad = [(CT_RATE_LABELS[i], x) for i, x in enumerate(v) if x not in (0, 1, None)]
-        if bad:
-            raise ValueError(f"labels must be 0, 1 or null; got {bad[:3]}")
-        return v
+        return check_label_values(v)
 
     def resolved_path(self, manifest_dir: Path) -> Path:
         p = Path(self.cxr_path)

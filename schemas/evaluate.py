@@ -41,7 +41,6 @@ class EvaluateConfig(StageConfig):
     overwrite: bool = Field(default=False, description="Replace the files of an existing --out.")
     progress: bool = True
 
-
     @model_validator(mode="after")
     def _one_source(self):
         simulated = self.drr is not None or self.embeddings is not None

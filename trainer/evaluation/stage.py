@@ -206,7 +206,7 @@ def side_by_side(results: dict[str, Any], metric: str = "auroc") -> tuple[list[s
 
 
 def retrieval_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    first = next((rec for by_dir in results["retrieval"].values() for rec in by_dir.values()), {})
+    first: dict[str, Any] = next((rec for by_dir in results["retrieval"].values() for rec in by_dir.values()), {})
     keys = [k for k in first if k not in ("n_queries", "n_gallery")]
     header = ["view", "direction", "n_queries", "n_gallery", *keys]
     rows = [

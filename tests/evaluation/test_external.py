@@ -36,7 +36,9 @@ def cxr_set(tmp_path):
         if name.endswith(".png"):
             write_png(images / name, img, 8)
         else:
-            write_dicom(images / name, np.round(img * 1023).astype(np.uint16), "MONOCHROME2", bits_stored=10, modality="CR")
+            write_dicom(
+                images / name, np.round(img * 1023).astype(np.uint16), "MONOCHROME2", bits_stored=10, modality="CR"
+            )
         table.append({"CXRPath": name, "PatientID": f"p{i // 2}", **{n: int(rng.random() < 0.4) for n in SUBSET}})
     table[5][SUBSET[0]] = ""  # not annotated for this image
     table.append({"CXRPath": "missing.png", "PatientID": "px", **{n: 0 for n in SUBSET}})

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import InputMissingError, PipelineError
-from schemas.labels import CT_RATE_LABELS, N_LABELS
+from schemas.labels import N_LABELS, check_label_values
 from schemas.provenance import file_sha256
 
 Split = Literal["train", "valid", "test", "external"]
@@ -108,12 +108,7 @@ class ManifestRow(BaseModel):
     @field_validator("labels")
     @classmethod
     def _check_labels(cls, v: list[int | None]) -> list[int | None]:
-        if len(v) != N_LABELS:
-            raise ValueError(f"expected {N_LABELS} labels in CT-RATE order, got {len(v)}")
-        bad = [(CT_RATE_LABELS[i], x) for i, x in enumerate(v) if x not in (0, 1, None)]
-        if bad:
-            raise ValueError(f"labels must be 0, 1 or null; got {bad[:3]}")
-        return v
+        return check_label_values(v)
 
     @field_validator("spacing")
     @classmethod

@@ -22,6 +22,8 @@ Speed: the floor is the gzip inflate. A ``.nii.gz`` is inflated in one call into
 of the exact size (ISA-L or zlib-ng where installed, ``pipeline.inflate``); the voxels are a
 view of it. Scaling, padding and the finite check then run together, block by block in
 cache, writing the float32 result once; the air check reads a 1/27 strided sample.
+
+The policies, thresholds and defaults are described for users in docs/ct-input.md.
 """
 
 from __future__ import annotations

@@ -188,9 +188,9 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestR
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
+        bad_line = raw[: e.start].count(b"\n") + 1
         raise ManifestError(
-            f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); manifests are UTF-8 JSON Lines: "
+            f"{path}:{bad_line}: not UTF-8 (byte 0x{raw[e.start]:02x}); manifests are UTF-8 JSON Lines: "
             "rebuild it with `x2ct-pipeline manifest ...` or re-save it as UTF-8"
         ) from None
     for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
@@ -219,6 +219,12 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestR
 def shown(text: str) -> str:
     """``text`` with control characters and lone surrogates escaped, so a message stays one printable line."""
     return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
+
+
+def storable_line(text: str) -> str:
+    """A failure reason as a store can hold it: one line, whitespace runs as one space, other control
+    characters and lone surrogates escaped (a NUL in an HDF5 string would make the merge fail)."""
+    return shown(" ".join(text.split()))
 
 
 def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> str:

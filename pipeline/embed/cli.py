@@ -85,3 +85,7 @@ def embed_ct(
         )
         for vid, why in list(s.failures.items())[:10]:
             typer.echo(f"  {vid}: {why}", err=True)
+    if s.failures and not s.embedded:
+        from schemas.errors import ItemsFailedError
+
+        raise ItemsFailedError(f"every volume this run tried failed ({len(s.failures)}); nothing was embedded")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from schemas.demo import DemoConfig
+from trainer.evaluation.zeroshot import zero_shot_probabilities
 from trainer.teacher import zeroshot
 from trainer.teacher.labels import REPORT_VOCAB, prompt_sets, visibility, visible_labels
 
@@ -84,7 +85,7 @@ def compute(p, teacher: Path) -> tuple[dict, dict]:
         zero_shot[src] = {}
         scores[src] = {}
         for name, pr in lat["prompts"].items():
-            s = zeroshot.scores(lat[f"test/{src}"], pr["positive"], pr["negative"], lat["logit_scale"])
+            s = zero_shot_probabilities(lat[f"test/{src}"], pr["positive"], pr["negative"], lat["logit_scale"])
             scores[src][name] = s
             per = zeroshot.auroc_per_label(s, y)
             zero_shot[src][name] = {

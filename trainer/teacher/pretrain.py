@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from schemas.errors import PipelineError
 from schemas.pretrain import PretrainConfig
+from trainer.evaluation.zeroshot import zero_shot_probabilities
 from trainer.teacher import data as tdata
 from trainer.teacher import zeroshot
 from trainer.teacher.labels import REPORT_VOCAB, prompt_sets, visible_labels
@@ -281,14 +282,18 @@ class Trainer:
         lat = zeroshot.prompt_latents(self.model, self.tokenizer, self.prompts)
         seen = visible_labels()
         for name, p in lat.items():
-            per = zeroshot.auroc_per_label(zeroshot.scores(ct, p["positive"], p["negative"], scale), self.valid.labels)
+            per = zeroshot.auroc_per_label(
+                zero_shot_probabilities(ct, p["positive"], p["negative"], scale), self.valid.labels
+            )
             record[f"zeroshot_all/{name}"] = zeroshot.macro(per)
             record[f"zeroshot_visible/{name}"] = zeroshot.macro(per, seen)
             if name == REPORT_VOCAB:
                 record["per_label"] = per
         # The held-out reports' own latents against the prompts: what the text side alone can do.
         p = lat[REPORT_VOCAB]
-        per = zeroshot.auroc_per_label(zeroshot.scores(text, p["positive"], p["negative"], scale), self.valid.labels)
+        per = zeroshot.auroc_per_label(
+            zero_shot_probabilities(text, p["positive"], p["negative"], scale), self.valid.labels
+        )
         record["report_zeroshot_visible"] = zeroshot.macro(per, seen)
         return record
 

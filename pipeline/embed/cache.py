@@ -259,7 +259,9 @@ class EmbeddingCache:
             self.merge(extra_manifest=manifest_sha256 if new_manifest else None)
 
     def _check_identity(self) -> None:
-        theirs = read_identity(self.path)  # refuse_foreign made sure there is one
+        theirs = read_identity(self.path)
+        if theirs is None:  # refuse_foreign has checked for one; a file replaced since then is not ours
+            raise CacheMismatchError(f"{self.path} is not an embed-ct cache (no identity); choose another --out")
         if theirs.sha256() != self.identity.sha256():
             diffs = "; ".join(self.identity.differences(theirs))
             raise CacheMismatchError(

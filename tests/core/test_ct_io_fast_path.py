@@ -26,6 +26,9 @@ def _stored(dtype, seed=0) -> np.ndarray:
     [
         (np.int16, 1.0, -1024.0),  # CT-RATE's scaling
         (np.int16, 0.37, -1024.7),  # float32 rounding of both steps matters
+        (np.int16, 1.0, -1024.7),  # one step only (nibabel works in float64 here)
+        (np.int16, 0.37, 0.0),
+        (np.uint16, 1.0, -32768.0),
         (np.uint8, 3.3, -1000.1),
         (np.int32, 1e-3, -5.0),
         (np.float32, 0.5, 10.0),

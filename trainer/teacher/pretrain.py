@@ -64,7 +64,14 @@ def resolved_model_config(cfg: PretrainConfig, vocab_tokens: int):
 
 
 def _vocab_tokens(folder: Path) -> int:
-    with (folder / "vocab.txt").open(encoding="utf-8") as f:
+    vocab = folder / "vocab.txt"
+    if not vocab.is_file():
+        from schemas.errors import InputMissingError
+
+        raise InputMissingError(
+            f"{folder}: no vocab.txt in the tokenizer folder; build one with `x2ct-pipeline ctclip vocab`"
+        )
+    with vocab.open(encoding="utf-8") as f:
         return sum(1 for _ in f)
 
 

@@ -44,8 +44,11 @@ def output_lock(out: str | Path, stage: str) -> Iterator[None]:
     import fcntl
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    make_folder(out.parent, out)
+    try:
+        fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only folder, ...
+        raise PipelineError(f"cannot write beside {out} ({e.strerror}); choose an --out in a writable folder") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,6 +57,17 @@ def output_lock(out: str | Path, stage: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def make_folder(folder: Path, out: Path) -> None:
+    """``mkdir -p folder`` for the output ``out``, or a one-line error (a path part that is a file, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError / NotADirectoryError: a part of the path is a file
+        raise PipelineError(
+            f"cannot create the folder {folder} for {out} ({e.strerror}); a part of the path may be a file: "
+            "choose another --out"
+        ) from None
 
 
 def fsync_dir(folder: str | Path) -> None:

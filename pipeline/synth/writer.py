@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtime import atomic_path, atomic_write_text, remove_temporaries
+from pipeline.runtime import atomic_path, atomic_write_text, make_folder, remove_temporaries
 from pipeline.synth.plan import PatientPlan, ReconPlan, ScanPlan, build_plan, rng_for
 from pipeline.synth.reports import write_report
 from schemas.errors import PipelineError
@@ -240,7 +240,7 @@ def prepare_output(cfg: SynthConfig) -> bool:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, out)
     atomic_write_text(marker, _marker_text(cfg))
     return False
 

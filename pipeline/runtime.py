@@ -186,3 +186,20 @@ def log_to_file(path: str | Path) -> Iterator[Path]:
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(handler)
         handler.close()
+
+
+def connect_scheduler(address: str):
+    """A ``distributed.Client`` on a running scheduler (``--scheduler``), or a one-line error naming it.
+
+    distributed raises OSError (no answer within ``distributed.comm.timeouts.connect``, 30 s by
+    default), TimeoutError or ValueError (a malformed address); any of them means the run cannot
+    start, which is an input problem, not a bug."""
+    from distributed import Client
+
+    try:
+        return Client(address)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise PipelineError(
+            f"cannot reach the Dask scheduler at {address!r} ({type(e).__name__}: {e}); start it "
+            "(`dask scheduler`) or check the address, or leave --scheduler out for a local cluster"
+        ) from None

@@ -126,7 +126,9 @@ def _cluster(cfg: SimulateDRRConfig):
 
     cores = os.cpu_count() or 1
     if cfg.scheduler is not None:
-        client = Client(cfg.scheduler)
+        from pipeline.runtime import connect_scheduler
+
+        client = connect_scheduler(cfg.scheduler)
         return client, cfg.threads_per_worker or 1, client.close
     workers = cfg.workers or default_workers(cores)
     threads = cfg.threads_per_worker or max(1, cores // workers)
@@ -148,12 +150,26 @@ def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
     ``client``: an existing ``distributed.Client`` (tests pass an in-process one); otherwise a
     cluster is made from ``cfg``.
     """
+    from pipeline.drr.store import refuse_non_folder
     from pipeline.runtime import output_lock
 
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)  # refuses an empty manifest
+    if client is None and cfg.scheduler is None:  # a remote cluster's workers have their own devices
+        refuse_missing_gpu(cfg.device)
+    refuse_non_folder(cfg.out)  # before the lock file is made beside it
     with output_lock(cfg.out, "simulate-drr"):  # one driver per store: two would render and write the same items
         return _render_pending(cfg, rows, client, echo, t_start)
+
+
+def refuse_missing_gpu(device: str) -> None:
+    """``--device cuda`` on a machine without a GPU would fail every item: refuse it before starting."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        from schemas.errors import PipelineError
+
+        raise PipelineError("--device cuda but torch sees no CUDA GPU on this machine; use --device cpu or auto")
 
 
 def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, echo, t_start: float) -> StageSummary:
@@ -231,7 +247,7 @@ def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqd
 
     in_flight = {submit() for _ in range(min(n_slots, len(queue)))}
     running = as_completed(list(in_flight))
-    bar = tqdm(total=len(pending), unit="vol", desc="simulate-drr")
+    bar = tqdm(total=len(pending), unit="vol", desc="simulate-drr", disable=not cfg.progress)
     for fut in running:
         try:
             res: ItemResult = fut.result()

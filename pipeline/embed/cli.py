@@ -73,7 +73,7 @@ def embed_ct(
             "progress": progress,
         },
     )
-    s = run_embed(cfg)  # too many failures: TooManyFailures, exit status 1
+    s = run_embed(cfg)  # more failures than --max-failures: TooManyFailures, exit status 1
     rate = f", {s.embedded / s.work_s:.2f} volumes/s after start-up" if s.embedded and s.work_s else ""
     typer.echo(
         f"{cfg.out}: {s.embedded} embedded, {s.already_done} already there, {len(s.failures)} failed "
@@ -85,3 +85,7 @@ def embed_ct(
         )
         for vid, why in list(s.failures.items())[:10]:
             typer.echo(f"  {vid}: {why}", err=True)
+    if s.failures and not s.embedded:
+        from schemas.errors import ItemsFailedError
+
+        raise ItemsFailedError(f"every volume this run tried failed ({len(s.failures)}); nothing was embedded")

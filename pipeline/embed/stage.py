@@ -24,8 +24,8 @@ from pipeline.embed.errors import EmbedError, TooManyFailures
 from pipeline.embed.model import ModelSpec, prompt_latents
 from pipeline.embed.shards import Rows
 from pipeline.embed.work import decode_volume, embed_batch, labels_u8, load_kwargs_of
-from schemas.embed import EmbedConfig, EmbedIdentity
-from schemas.manifest import ManifestRow, manifest_sha256, read_manifest
+from schemas.embed import EmbedConfig, EmbedIdentity, embed_row_sha256
+from schemas.manifest import ManifestRow, manifest_sha256, read_manifest, storable_line
 from schemas.provenance import Provenance
 
 
@@ -101,7 +101,7 @@ def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
 
 
 def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) -> EmbedSummary:
-    """Embed every manifest row not yet in ``cfg.out``; see the README section on embed-ct."""
+    """Embed every manifest row not yet in ``cfg.out``; see docs/embed-ct.md."""
     from pipeline.ctclip.text import report_text
     from pipeline.embed.backends import make_backend
 
@@ -118,7 +118,10 @@ def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) 
         precision=cfg.precision,
         threads=cfg.model_threads,
     )
-    with EmbeddingCache.open(cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha) as cache:
+    row_hashes = {r.volume_id: embed_row_sha256(r) for r in rows}  # changed rows are refused, naming them
+    with EmbeddingCache.open(
+        cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha, row_sha256=row_hashes
+    ) as cache:
         cache.merge_fraction, cache.merge_min_rows = cfg.merge_fraction, cfg.merge_min_rows
         done = cache.done_ids()
         todo = [r for r in scan_order(rows) if r.volume_id not in done]
@@ -266,6 +269,7 @@ class _Runner:
         result = self.backend.result(h)
         self._record_timings(result)
         self.text_latents.update(result.texts)
+        self.text_errors.update(result.text_errors)
         for r in rows:
             if r.volume_id in result.errors:
                 self._fail(r.volume_id, result.errors[r.volume_id])
@@ -296,6 +300,7 @@ class _Runner:
                 ct=np.stack([z for _, z in done]).astype(np.float32),
                 report=np.stack([self.text_latents[self.text(r)] for r, _ in done]).astype(np.float32),
                 labels=np.stack([labels_u8(r.labels) for r, _ in done]),
+                row_sha256=[embed_row_sha256(r) for r, _ in done],
             )
         )
         self.buffered += len(done)
@@ -330,7 +335,7 @@ class _Runner:
         self.waiting = [(r, z) for r, z in self.waiting if not stuck(r)]
 
     def _fail(self, volume_id: str, reason: str) -> None:
-        reason = " ".join(reason.split())[:2000]
+        reason = storable_line(reason)[:2000]
         self.summary.failures[volume_id] = reason
         self.buffer.append(Rows(failed_ids=[volume_id], failed_reasons=[reason]))
         self.bar.update(1)

@@ -12,6 +12,7 @@ import typer
 from pipeline._version import __version__
 from pipeline.ctclip.cli import ctclip_app
 from pipeline.ctclip.pretrain_cli import pretrain_ctclip
+from pipeline.demo_cli import demo
 from pipeline.drr.cli import preview, simulate_drr
 from pipeline.embed.cli import embed_ct
 from pipeline.eval_cli import evaluate, fewshot, predict
@@ -52,6 +53,7 @@ app.command("evaluate")(evaluate)
 app.command("fewshot")(fewshot)
 app.command("predict")(predict)
 app.command("pretrain-ctclip")(pretrain_ctclip)
+app.command("demo")(demo)
 
 
 @app.command(

@@ -141,7 +141,9 @@ def main() -> None:
         for view in ("pa", "lateral"):
             plan = plan_projection(hu.shape, ct.affine, view, GeometryConfig(projection=projection))
             project(hu, plan, transform)  # warm-up
-            med, times, img = _median(lambda: project(hu, plan, transform), args.repeats, f"{projection}_{view}")
+            med, times, img = _median(
+                lambda plan=plan: project(hu, plan, transform), args.repeats, f"{projection}_{view}"
+            )
             res[f"{projection}_{view}_s"], res[f"{projection}_{view}_times"] = med, times
             if projection == "cone" and view == "pa":
                 ours = img

@@ -68,7 +68,7 @@ def run_ours(args) -> dict:
             ),
         )
         line_integrals(hu, ct.affine, cfg)  # warm-up
-        med, times, img = _median_time(lambda: line_integrals(hu, ct.affine, cfg)[0], args.repeats)
+        med, times, img = _median_time(lambda cfg=cfg: line_integrals(hu, ct.affine, cfg)[0], args.repeats)
         result[f"{projection}_s"], result[f"{projection}_times"] = med, times
         np.save(Path(args.tmp) / f"ours_{projection}_{args.size}.npy", img.numpy())
     if args.density is not None:  # DiffDRR's density, projected by our projector (no HU -> mu)

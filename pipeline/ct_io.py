@@ -12,12 +12,15 @@ orientation in the project:
 * Scanner padding outside the field of view (-2048, -3024, ...) becomes air (-1000).
 * Air must read about -1000 HU, or the volume is refused: this catches slope and
   intercept applied twice (air near -2000) or never (air near 0).
+* NaN or infinite voxels are refused: every comparison with NaN is false, so they
+  would pass the air check and turn into blank images or NaN latents downstream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -48,7 +51,8 @@ class CTVolume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (mm) along the three array axes."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        sx, sy, sz = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return float(sx), float(sy), float(sz)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -81,6 +85,7 @@ def load_ct(
     else:
         raise CTLoadError(f"{path}: unknown volume format; expected .nii, .nii.gz, .npy or .npz")
     hu, affine = _to_canonical(raw, affine, path)
+    check_finite(hu, path)
     air = None
     if cfg.air_check:
         air = measure_air_hu(hu, cfg.padding_below_hu)
@@ -95,6 +100,21 @@ def load_ct(
     return CTVolume(hu=hu, affine=affine, source=str(path), hu_scaling=header_scaled, air_hu=air)
 
 
+def check_finite(hu: np.ndarray, path: Path | str) -> None:
+    """Refuse a volume holding NaN or infinite voxels (float NIfTI/NumPy files can).
+
+    A float64 sum is NaN or infinite exactly when some voxel is (float32 values cannot
+    overflow it), so the common, clean case costs one pass and no mask.
+    """
+    with np.errstate(invalid="ignore"):  # inf + -inf is NaN: an answer here, not a warning
+        if np.isfinite(np.sum(hu, dtype=np.float64)):
+            return
+    n = int(hu.size - np.count_nonzero(np.isfinite(hu)))
+    raise CTLoadError(
+        f"{path}: non-finite voxels: {n} (NaN or infinite); re-export the volume or drop it from the manifest"
+    )
+
+
 def _check_size(path: Path, shape: tuple[int, ...], cfg: CTLoadConfig) -> None:
     if len(shape) != 3:
         raise CTLoadError(f"{path}: expected a 3-D volume, got shape {shape}")
@@ -107,6 +127,7 @@ def _check_size(path: Path, shape: tuple[int, ...], cfg: CTLoadConfig) -> None:
 
 
 def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.ndarray, np.ndarray, str]:
+    img: Any  # Nifti1Image or Nifti2Image; nibabel types load() as the base class
     try:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises several types for corrupt headers

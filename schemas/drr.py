@@ -103,7 +103,9 @@ class DRRRenderConfig(StageConfig):
             "the mean of clipped HU along the beam, parallel beam, min-max scaled."
         ),
     )
-    views: list[View] = Field(default_factory=lambda: ["pa"], min_length=1, description="Views rendered per volume.")
+    views: list[View] = Field(
+        default_factory=lambda: list[View](["pa"]), min_length=1, description="Views rendered per volume."
+    )
     geometry: GeometryConfig = Field(default_factory=GeometryConfig)
     physics: PhysicsConfig = Field(default_factory=PhysicsConfig)
     post: PostConfig = Field(default_factory=PostConfig)

@@ -8,7 +8,9 @@ Relative paths in a row are resolved against the manifest file's folder.
 from __future__ import annotations
 
 import json
+import math
 import re
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -78,6 +80,31 @@ class ManifestRow(BaseModel):
     intercept: float | None = Field(default=None, description="Rescale intercept from a CSV (see HU policy).")
     cxr_path: str | None = Field(default=None, description="A real chest radiograph, for external sets.")
 
+    @field_validator("volume_id", "patient_id", "scan_id", "reconstruction_id", "ct_path", "cxr_path")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        # Ids become HDF5/Zarr strings and file names; a control character (NUL above all) or a lone
+        # surrogate cannot be stored there, and one such row would make a whole store unusable.
+        bad = unstorable_characters(v or "", allow_control=False)
+        if bad:
+            raise ValueError(f"holds characters a store or file name cannot hold ({bad}); fix the source table")
+        return v
+
+    @field_validator("findings", "impressions")
+    @classmethod
+    def _check_text(cls, v: str) -> str:
+        bad = unstorable_characters(v, allow_control=True)
+        if bad:
+            raise ValueError(f"holds characters that are not valid text ({bad}); fix the source table")
+        return v
+
+    @field_validator("slope", "intercept")
+    @classmethod
+    def _check_finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v}")
+        return v
+
     @field_validator("labels")
     @classmethod
     def _check_labels(cls, v: list[int | None]) -> list[int | None]:
@@ -122,6 +149,18 @@ class ManifestRow(BaseModel):
         return p if p.is_absolute() else manifest_dir / p
 
 
+def unstorable_characters(text: str, allow_control: bool) -> str:
+    """The characters of ``text`` that UTF-8 cannot encode (lone surrogates) or, unless
+    ``allow_control``, that are control characters (NUL, newline, ESC, ...), as escapes; '' if none.
+    Tabs and newlines are allowed in free text, never NUL."""
+    bad = {
+        c
+        for c in text
+        if unicodedata.category(c) == "Cs" or c == "\x00" or (not allow_control and unicodedata.category(c) == "Cc")
+    }
+    return ", ".join(sorted(repr(c)[1:-1] for c in bad))
+
+
 class ManifestError(PipelineError, ValueError):
     """A manifest line failed validation; the message names the file, line, volume and field."""
 
@@ -134,38 +173,58 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def read_manifest(path: str | Path) -> list[ManifestRow]:
-    """Read and validate a manifest; raises :class:`ManifestError` naming the first bad line."""
+def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestRow]:
+    """Read and validate a manifest; raises :class:`ManifestError` naming the first bad line.
+
+    A manifest without rows is refused unless ``allow_empty``: a stage given one would
+    do nothing and report success (or, with --overwrite, empty a full store).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputMissingError(f"manifest {path} does not exist; build one with `x2ct-pipeline manifest ...`")
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            vid = data.get("volume_id", "?") if isinstance(data, dict) else "?"
-            try:
-                row = ManifestRow.model_validate(data)
-            except ValidationError as e:
-                raise ManifestError(f"{path}:{lineno} (volume {vid}): {_describe(e)}") from None
-            if row.volume_id in seen:
-                raise ManifestError(
-                    f"{path}:{lineno}: duplicate volume_id {row.volume_id!r} (first on line {seen[row.volume_id]})"
-                )
-            seen[row.volume_id] = lineno
-            rows.append(row)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ManifestError(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); manifests are UTF-8 JSON Lines: "
+            "rebuild it with `x2ct-pipeline manifest ...` or re-save it as UTF-8"
+        ) from None
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        vid = shown(str(data.get("volume_id", "?"))) if isinstance(data, dict) else "?"
+        try:
+            row = ManifestRow.model_validate(data)
+        except ValidationError as e:
+            raise ManifestError(f"{path}:{lineno} (volume {vid}): {_describe(e)}") from None
+        if row.volume_id in seen:
+            raise ManifestError(
+                f"{path}:{lineno}: duplicate volume_id {row.volume_id!r} (first on line {seen[row.volume_id]})"
+            )
+        seen[row.volume_id] = lineno
+        rows.append(row)
+    if not rows and not allow_empty:
+        raise ManifestError(f"{path}: the manifest has no rows; nothing to do (was it built from the right folder?)")
     return rows
+
+
+def shown(text: str) -> str:
+    """``text`` with control characters and lone surrogates escaped, so a message stays one printable line."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
 
 
 def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> str:
     """Write rows atomically (temporary file, then rename); returns the manifest sha256."""
     path = Path(path)
+    refuse_foreign_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
@@ -173,6 +232,21 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> str:
             f.write(row.model_dump_json(exclude_none=True) + "\n")
     tmp.replace(path)
     return manifest_sha256(path)
+
+
+def refuse_foreign_output(path: Path) -> None:
+    """A manifest replaces only a manifest: an existing ``path`` that is a folder, a device, or a
+    file whose first line is not a manifest row (a CT, a CSV, a cache) is refused, never overwritten."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_file():
+        raise ManifestError(f"{path} exists and is not a regular file; give a .jsonl file name for the manifest")
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    first = next((line for line in head.split(b"\n") if line.strip()), b"")
+    ok = not head.strip() or (first.lstrip().startswith(b"{") and b'"volume_id"' in first)
+    if not ok:
+        raise ManifestError(f"{path} exists and is not a manifest; it is left as it is: choose another --out")
 
 
 def manifest_sha256(path: str | Path) -> str:

@@ -18,6 +18,8 @@ from torch import nn
 class LayerNorm(nn.Module):
     """LayerNorm with a learned gain and a fixed zero bias (a persistent buffer named ``beta``)."""
 
+    beta: torch.Tensor
+
     def __init__(self, dim: int):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(dim))

@@ -25,6 +25,8 @@ MAX_CANDIDATES = 64
 
 
 class _Codebook(nn.Module):
+    embed: torch.Tensor  # a buffer (1, codebook_size, dim)
+
     def __init__(self, dim: int, codebook_size: int):
         super().__init__()
         self.register_buffer("initted", torch.ones(1))

@@ -99,7 +99,8 @@ class ShardFolder:
     def write(self, rows: Rows) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         existing = self.files()
-        seq = int(SHARD_NAME.match(existing[-1].name).group(1)) + 1 if existing else 0
+        last = SHARD_NAME.match(existing[-1].name) if existing else None  # files() lists only matching names
+        seq = int(last.group(1)) + 1 if last else 0
         final = self.folder / f"{seq:08d}.npz"
         with atomic_path(final) as tmp, tmp.open("wb") as f:
             np.savez(

@@ -85,7 +85,8 @@ def spec_shape(model: str) -> tuple[int, int, int]:
     """The model input's shape (x, y, z) of a CT-CLIP config."""
     from pipeline.ctclip.config import get_config
 
-    return tuple(get_config(model).preprocess.shape)
+    x, y, z = get_config(model).preprocess.shape
+    return x, y, z
 
 
 def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:

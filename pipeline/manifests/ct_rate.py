@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.manifests.tables import Problem, TableError, TableRow, parse_labels, read_table
+from pipeline.manifests.tables import Problem, TableError, TableRow, make_row, parse_labels, read_table
 from schemas.labels import CT_RATE_LABELS
 from schemas.manifest import CT_RATE_NAME, ManifestRow, parse_ct_rate_name, strip_volume_suffix
 from schemas.stages import CTRateManifestConfig
@@ -45,20 +46,29 @@ def find_table(root: Path, split: str, kind: str) -> Path:
     return candidates[0]
 
 
-def _spacing(meta: TableRow | None) -> tuple[float, float, float] | None:
+def _metadata(meta: TableRow | None, source: str, vid: str, problems: list[Problem]) -> dict:
+    """Spacing, slope and intercept of a metadata row; a value that is unusable (zero or negative
+    spacing, a non-finite number) is recorded as a problem and left out, so the NIfTI header's is used."""
     if meta is None:
-        return None
+        return {"spacing": None, "slope": None, "intercept": None}
+    out = {"spacing": None, "slope": _float(meta, "RescaleSlope"), "intercept": _float(meta, "RescaleIntercept")}
     try:
         xy = ast.literal_eval(meta.values["XYSpacing"])
-        z = float(meta.values["ZSpacing"])
-        return (float(xy[0]), float(xy[1]), z)
-    except (ValueError, SyntaxError, TypeError, IndexError, KeyError):
-        return None
+        spacing = (float(xy[0]), float(xy[1]), float(meta.values["ZSpacing"]))
+    except (ValueError, SyntaxError, TypeError, IndexError, KeyError, MemoryError, RecursionError):
+        spacing = None  # absent or unparseable: the header's spacing is used
+    if spacing is not None and not all(0.0 < s < 50.0 for s in spacing):
+        problems.append(Problem(source, meta.index, vid, f"spacing {spacing} mm is not usable; the header's is used"))
+        spacing = None
+    out["spacing"] = spacing
+    for key in ("slope", "intercept"):
+        if out[key] is not None and not math.isfinite(out[key]):
+            problems.append(Problem(source, meta.index, vid, f"{key} {out[key]} is not finite; left out"))
+            out[key] = None
+    return out
 
 
-def _float(meta: TableRow | None, key: str) -> float | None:
-    if meta is None:
-        return None
+def _float(meta: TableRow, key: str) -> float | None:
     try:
         return float(meta.values[key])
     except (ValueError, KeyError, TypeError):
@@ -104,20 +114,21 @@ def build_ct_rate(cfg: CTRateManifestConfig) -> BuildResult:
             continue
         split, patient, scan, recon = parse_ct_rate_name(vid)
         meta = metadata.get(vid)
-        rows.append(
-            ManifestRow(
-                volume_id=vid,
-                patient_id=patient,
-                scan_id=scan,
-                reconstruction_id=recon,
-                split=split,
-                ct_path=str(path.resolve()),
-                findings=(report.values.get("Findings_EN") or "").strip(),
-                impressions=(report.values.get("Impressions_EN") or "").strip(),
-                labels=label_values,
-                spacing=_spacing(meta),
-                slope=_float(meta, "RescaleSlope"),
-                intercept=_float(meta, "RescaleIntercept"),
-            )
+        row = make_row(
+            problems,
+            str(path),
+            None,
+            volume_id=vid,
+            patient_id=patient,
+            scan_id=scan,
+            reconstruction_id=recon,
+            split=split,
+            ct_path=str(path.resolve()),
+            findings=(report.values.get("Findings_EN") or "").strip(),
+            impressions=(report.values.get("Impressions_EN") or "").strip(),
+            labels=label_values,
+            **_metadata(meta, str(metadata_csv), vid, problems),
         )
+        if row is not None:
+            rows.append(row)
     return BuildResult(rows, problems)

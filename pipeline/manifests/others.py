@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.manifests.ct_rate import BuildResult
-from pipeline.manifests.tables import Problem, TableError, TableRow, parse_labels, read_table
+from pipeline.manifests.tables import Problem, TableError, TableRow, make_row, parse_labels, read_table
 from schemas.labels import CT_RATE_LABELS, radchest_mapping
-from schemas.manifest import CT_RATE_NAME, ManifestRow, parse_ct_rate_name, strip_volume_suffix
+from schemas.manifest import CT_RATE_NAME, parse_ct_rate_name, strip_volume_suffix
 from schemas.stages import GenericManifestConfig, RadChestManifestConfig
 
 
@@ -86,19 +86,22 @@ def build_radchest(cfg: RadChestManifestConfig) -> BuildResult:
         if mapped is None:
             continue
         patient, scan, recon = _group_ids(vid)
-        rows.append(
-            ManifestRow(
-                volume_id=vid,
-                patient_id=patient,
-                scan_id=scan,
-                reconstruction_id=recon,
-                split=cfg.split,
-                ct_path=str(path.resolve()),
-                labels=mapped,
-                spacing=sp,
-                orientation=cfg.orientation,
-            )
+        row = make_row(
+            problems,
+            str(path),
+            None,
+            volume_id=vid,
+            patient_id=patient,
+            scan_id=scan,
+            reconstruction_id=recon,
+            split=cfg.split,
+            ct_path=str(path.resolve()),
+            labels=mapped,
+            spacing=sp,
+            orientation=cfg.orientation,
         )
+        if row is not None:
+            rows.append(row)
     return BuildResult(rows, problems)
 
 
@@ -119,18 +122,21 @@ def build_generic(cfg: GenericManifestConfig) -> BuildResult:
         if labels is None:
             continue
         patient, scan, recon = _group_ids(vid)
-        rows.append(
-            ManifestRow(
-                volume_id=vid,
-                patient_id=patient,
-                scan_id=scan,
-                reconstruction_id=recon,
-                split=cfg.split,
-                ct_path=str(path.resolve()),
-                findings=(row.values.get("Findings_EN") or "").strip(),
-                impressions=(row.values.get("Impressions_EN") or "").strip(),
-                labels=labels,
-                cxr_path=(row.values.get("CXRPath") or None),
-            )
+        row = make_row(
+            problems,
+            str(path),
+            None,
+            volume_id=vid,
+            patient_id=patient,
+            scan_id=scan,
+            reconstruction_id=recon,
+            split=cfg.split,
+            ct_path=str(path.resolve()),
+            findings=(row.values.get("Findings_EN") or "").strip(),
+            impressions=(row.values.get("Impressions_EN") or "").strip(),
+            labels=labels,
+            cxr_path=(row.values.get("CXRPath") or None),
         )
+        if row is not None:
+            rows.append(row)
     return BuildResult(rows, problems)

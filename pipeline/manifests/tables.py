@@ -9,9 +9,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS
-from schemas.manifest import strip_volume_suffix
+from schemas.manifest import ManifestRow, shown, strip_volume_suffix
 
 
 class TableError(PipelineError, ValueError):
@@ -107,6 +109,17 @@ def parse_labels(
             return None
         labels.append(int(number))
     return labels
+
+
+def make_row(problems: list[Problem], source: str, index: int | None, **fields) -> ManifestRow | None:
+    """A manifest row, or None and a recorded problem if a value is not one a manifest can hold
+    (control characters in an id, a non-finite slope, ...): a builder never stops on a bad row."""
+    try:
+        return ManifestRow(**fields)
+    except ValidationError as e:
+        why = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'row'}: {err['msg']}" for err in e.errors())
+        problems.append(Problem(source, index, shown(str(fields.get("volume_id", ""))), f"row left out ({why})"))
+        return None
 
 
 def write_problems(problems: list[Problem], manifest_path: Path) -> Path | None:

@@ -211,6 +211,7 @@ def atelectasis(c: Canvas, chest: Chest, f: Findings, seed: int) -> None:
     rng = finding_rng(seed, "Atelectasis")
     side, lobe = d["side"], d["lobe"]
     s = SIDE_SIGN[side]
+    center: np.ndarray | tuple[float, float, float]
     if d["kind"] == "subsegmental":
         # plate-like (discoid) atelectasis: a thin, nearly horizontal band in the lower zone
         center = chest.random_lung_point(rng, side, lobe, margin=8.0)

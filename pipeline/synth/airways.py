@@ -98,7 +98,7 @@ def _grow_side(chest: Chest, rng, side: str, starts, dirs, lobes, radius, length
         has_b = r > 0.9
         ref = np.where(np.abs(d[:, 2:3]) < 0.9, [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]])
         shift = _unit(np.cross(d, ref)) * (r + 1.25 * 0.8 * r + 0.6)[:, None]
-        for i in np.nonzero(has_b)[0]:
+        for i in np.nonzero(has_b)[0].tolist():
             brs.append((start[i] + shift[i], end[i] + shift[i], 0.8 * r[i], 0.8 * r_end[i], gen, lobe[i]))
         go = r_end * 0.85 >= rmin
         start, d, r_end, L, lobe = end[go], d[go], r_end[go], L[go], lobe[go]

@@ -34,9 +34,9 @@ class Grid:
         """Typical voxel size (mm): the width over which painted edges are smoothed (partial volume)."""
         return float(np.mean(self.spacing))
 
-    def index_box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
+    def index_box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...] | None:
         """Slices of the voxels whose centres lie in the mm box [lo, hi]; None when the box misses the grid."""
-        out = []
+        out: list[slice] = []
         for a in range(3):
             i0 = int(np.ceil((lo[a] - self.origin[a]) / self.spacing[a]))
             i1 = int(np.floor((hi[a] - self.origin[a]) / self.spacing[a])) + 1
@@ -46,17 +46,13 @@ class Grid:
             out.append(slice(i0, i1))
         return tuple(out)
 
-    def sub(self, box: tuple[slice, slice, slice]) -> Grid:
-        """The grid of the voxels in ``box`` (slices with unit step)."""
-        start = [sl.indices(n)[0] for sl, n in zip(box, self.shape)]
-        stop = [sl.indices(n)[1] for sl, n in zip(box, self.shape)]
-        return Grid(
-            tuple(b - a for a, b in zip(start, stop)),
-            self.spacing,
-            tuple(o + a * sp for o, a, sp in zip(self.origin, start, self.spacing)),
-        )
+    def sub(self, box: tuple[slice, ...]) -> Grid:
+        """The grid of the voxels in ``box`` (three slices with unit step)."""
+        (i0, i1, _), (j0, j1, _), (k0, k1, _) = (sl.indices(n) for sl, n in zip(box, self.shape))
+        (ox, oy, oz), (sx, sy, sz) = self.origin, self.spacing
+        return Grid((i1 - i0, j1 - j0, k1 - k0), self.spacing, (ox + i0 * sx, oy + j0 * sy, oz + k0 * sz))
 
-    def sub_coords(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sub_coords(self, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x, y, z = (self.axis(a)[box[a]] for a in range(3))
         return x[:, None, None], y[None, :, None], z[None, None, :]
 

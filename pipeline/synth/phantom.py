@@ -91,9 +91,10 @@ def paint_breasts(c: Canvas, chest: Chest, mrx: float, mry: float) -> None:
 
 def paint_table(c: Canvas, chest: Chest) -> None:
     """The scanner couch under the supine patient: carbon-fibre shells round a foam core, curving up at the sides."""
-    c = c.sub((-1e4, chest.p.body_ry - 30.0, -1e4), (1e4, 1e4, 1e4))
-    if c is None:
+    sub = c.sub((-1e4, chest.p.body_ry - 30.0, -1e4), (1e4, 1e4, 1e4))
+    if sub is None:
         return
+    c = sub
     X, Y, Z = c.coords
     h = c.grid.h
     top = chest.p.body_ry + 3.0 - 0.0006 * X * X  # the patient lies on it
@@ -106,9 +107,10 @@ def paint_table(c: Canvas, chest: Chest) -> None:
 def paint_abdomen(c: Canvas, chest: Chest) -> None:
     """Below the diaphragm: liver, spleen, stomach (gas cap over fluid) and fat, under a muscular diaphragm."""
     cx, cy, rx, ry = chest.cavity
-    c = c.sub((-1e4, -1e4, -1e4), (1e4, 1e4, max(chest.dome_z("right"), chest.dome_z("left")) + 2 * c.grid.h))
-    if c is None:
+    sub = c.sub((-1e4, -1e4, -1e4), (1e4, 1e4, max(chest.dome_z("right"), chest.dome_z("left")) + 2 * c.grid.h))
+    if sub is None:
         return
+    c = sub
     X, Y, Z = c.coords
     h = c.grid.h
     dz = np.where(X < 0, chest.diaphragm_z("right", X, Y), chest.diaphragm_z("left", X, Y))
@@ -223,9 +225,10 @@ def paint_great_vessels(c: Canvas, chest: Chest, findings: Findings, seed: int) 
 def paint_spine(c: Canvas, chest: Chest) -> None:
     p, h = chest.p, c.grid.h
     r, sy = p.spine_radius, chest.spine_y
-    c = c.sub((-45.0, sy - r - 2 * h, -1e4), (45.0, sy + r + 9.0 + 40.0, 1e4))
-    if c is None:
+    sub = c.sub((-45.0, sy - r - 2 * h, -1e4), (45.0, sy + r + 9.0 + 40.0, 1e4))
+    if sub is None:
         return
+    c = sub
     X, Y, Z = c.coords
     level = chest.vertebra_level(Z)
     body_depth = (1.0 - np.sqrt((X / (1.15 * r)) ** 2 + ((Y - sy) / r) ** 2)) * r
@@ -296,9 +299,10 @@ def paint_scapulae(c: Canvas, chest: Chest) -> None:
     h = c.grid.h
     cx, cy, rx, ry = chest.cavity
     top, bottom = chest.apex_z - 5.0, chest.carina_z - 70.0
-    c = c.sub((-1e4, cy - 0.3 * ry, bottom - 2 * h), (1e4, 1e4, top + 2 * h))
-    if c is None:
+    sub = c.sub((-1e4, cy - 0.3 * ry, bottom - 2 * h), (1e4, 1e4, top + 2 * h))
+    if sub is None:
         return
+    c = sub
     X, Y, Z = c.coords
     t = np.clip((top - Z) / (top - bottom), 0.0, 1.0)  # 0 at the top of the blade, 1 at its inferior angle
     w = np.maximum(chest.width_profile(Z), 0.3)

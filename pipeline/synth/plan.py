@@ -110,7 +110,7 @@ def build_plan(cfg: SynthConfig) -> list[PatientPlan]:
         latents = Latents.draw(rng)
         anatomy = draw_anatomy(rng, latents.age_z)
         n_scans = 2 if rng.random() < 0.25 else 1
-        scans = []
+        scans: list[ScanPlan] = []
         for s_index in range(n_scans):
             if s_index:
                 latents = latents.follow_up(rng_for(cfg.seed, _FINDINGS, p_index, s_index, 7))
@@ -130,8 +130,8 @@ def build_plan(cfg: SynthConfig) -> list[PatientPlan]:
     valid = set(int(i) for i in order[:n_valid])
     counters = {"train": 0, "valid": 0}
     plan = []
-    for i, (anatomy, scans) in enumerate(drafts):
+    for i, (anatomy, patient_scans) in enumerate(drafts):
         split = "valid" if i in valid else "train"
         counters[split] += 1
-        plan.append(PatientPlan(index=i, split=split, number=counters[split], anatomy=anatomy, scans=scans))
+        plan.append(PatientPlan(index=i, split=split, number=counters[split], anatomy=anatomy, scans=patient_scans))
     return plan

@@ -32,7 +32,7 @@ def _lungs(side: str) -> str:
 
 def _lobes(side: str, lobes: list[str]) -> str:
     sides = ["right", "left"] if side == "bilateral" else [side]
-    return " and ".join(f"{s} {LOBE_NAME[l]}" for s, l in zip(sides, lobes))
+    return " and ".join(f"{s} {LOBE_NAME[lobe]}" for s, lobe in zip(sides, lobes))
 
 
 def _mm(v: float) -> str:
@@ -42,8 +42,9 @@ def _mm(v: float) -> str:
 def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[str]]:
     """(findings sentences, impression phrases)."""
     d = f.details
-    S, I = [], []
-    S.append(
+    sentences: list[str] = []
+    impressions: list[str] = []
+    sentences.append(
         _pick(
             rng,
             [
@@ -55,14 +56,14 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
     )
     # heart, pericardium, vessels
     if f.has("Cardiomegaly"):
-        S.append(
+        sentences.append(
             _pick(
                 rng, ["The heart is enlarged.", "Cardiomegaly is present.", "Heart size is increased (cardiomegaly)."]
             )
         )
-        I.append("Cardiomegaly.")
+        impressions.append("Cardiomegaly.")
     else:
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -74,7 +75,7 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
         )
     if f.has("Pericardial effusion"):
         t = d["Pericardial effusion"]["thickness_mm"]
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -84,9 +85,9 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Pericardial effusion.")
+        impressions.append("Pericardial effusion.")
     elif rng.random() < 0.7:
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -97,7 +98,7 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
         )
     if f.has("Arterial wall calcification"):
         sev = d["Arterial wall calcification"]["severity"]
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -107,12 +108,12 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Atherosclerotic calcification of the thoracic aorta.")
+        impressions.append("Atherosclerotic calcification of the thoracic aorta.")
     if f.has("Coronary artery wall calcification"):
         c = d["Coronary artery wall calcification"]
         names = {"LAD": "left anterior descending", "LCx": "circumflex", "RCA": "right coronary"}
         vessels = ", ".join(names[v] for v in c["vessels"])
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -122,12 +123,12 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Coronary artery calcification.")
+        impressions.append("Coronary artery calcification.")
     # lymph nodes
     if f.has("Lymphadenopathy"):
         ln = d["Lymphadenopathy"]
         where = ", ".join(ln["stations"])
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -137,9 +138,9 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Mediastinal lymphadenopathy.")
+        impressions.append("Mediastinal lymphadenopathy.")
     else:
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -151,7 +152,7 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
         )
     # oesophagus / hernia
     if f.has("Hiatal hernia"):
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -161,9 +162,9 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Hiatal hernia.")
+        impressions.append("Hiatal hernia.")
     elif rng.random() < 0.6:
-        S.append("Oesophagus calibre is normal as far as can be seen; no hiatal hernia.")
+        sentences.append("Oesophagus calibre is normal as far as can be seen; no hiatal hernia.")
     if f.has("Medical material"):
         kinds = d["Medical material"]["kinds"]
         text = {
@@ -174,16 +175,16 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
             "ECG electrodes": "ECG electrodes on the chest wall",
             "central venous catheter": "a central venous catheter with its tip in the superior vena cava",
         }
-        S.append(
+        sentences.append(
             _pick(rng, ["There is ", "Note is made of ", "Medical material: "])
             + " and ".join(text[k] for k in kinds)
             + "."
         )
-        I.append(" and ".join(text[k] for k in kinds).capitalize() + ".")
+        impressions.append(" and ".join(text[k] for k in kinds).capitalize() + ".")
     # lungs
     if f.has("Emphysema"):
         e = d["Emphysema"]
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -194,9 +195,9 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append(f"{e['kind'].capitalize()} emphysema.")
+        impressions.append(f"{e['kind'].capitalize()} emphysema.")
     if f.has("Mosaic attenuation pattern"):
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -206,10 +207,10 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Mosaic attenuation pattern.")
+        impressions.append("Mosaic attenuation pattern.")
     if f.has("Bronchiectasis"):
         b = d["Bronchiectasis"]
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -219,10 +220,10 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Bronchiectasis.")
+        impressions.append("Bronchiectasis.")
     if f.has("Peribronchial thickening"):
         pb = d["Peribronchial thickening"]
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -232,14 +233,14 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Peribronchial thickening.")
+        impressions.append("Peribronchial thickening.")
     if f.has("Lung nodule"):
         nods = d["Lung nodule"]["nodules"]
         n0 = nods[0]
         loc = f"{n0['side']} {LOBE_NAME[n0['lobe']]}"
         size = _mm(n0["diameter_mm"])
         if len(nods) == 1:
-            S.append(
+            sentences.append(
                 _pick(
                     rng,
                     [
@@ -249,10 +250,10 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                     ],
                 )
             )
-            I.append(f"Pulmonary nodule in the {loc}.")
+            impressions.append(f"Pulmonary nodule in the {loc}.")
         else:
             count = {2: "Two", 3: "Three", 4: "Four"}[len(nods)]
-            S.append(
+            sentences.append(
                 _pick(
                     rng,
                     [
@@ -261,12 +262,12 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                     ],
                 )
             )
-            I.append("Multiple pulmonary nodules.")
+            impressions.append("Multiple pulmonary nodules.")
         if any(n["calcified"] for n in nods):
-            S.append("A calcified nodule consistent with a granuloma is also present.")
+            sentences.append("A calcified nodule consistent with a granuloma is also present.")
     if f.has("Lung opacity"):
         o = d["Lung opacity"]
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -276,11 +277,11 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Ground-glass opacities.")
+        impressions.append("Ground-glass opacities.")
     if f.has("Consolidation"):
         c = d["Consolidation"]
         loc = f"{c['side']} {LOBE_NAME[c['lobe']]}"
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -290,12 +291,12 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append(f"Consolidation in the {loc}; pneumonia?")
+        impressions.append(f"Consolidation in the {loc}; pneumonia?")
     if f.has("Atelectasis"):
         a = d["Atelectasis"]
         loc = f"{a['side']} {LOBE_NAME[a['lobe']]}"
         if a["kind"] == "subsegmental":
-            S.append(
+            sentences.append(
                 _pick(
                     rng,
                     [
@@ -304,9 +305,9 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                     ],
                 )
             )
-            I.append("Subsegmental atelectasis.")
+            impressions.append("Subsegmental atelectasis.")
         else:
-            S.append(
+            sentences.append(
                 _pick(
                     rng,
                     [
@@ -315,10 +316,10 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                     ],
                 )
             )
-            I.append(f"Atelectasis of the {loc}.")
+            impressions.append(f"Atelectasis of the {loc}.")
     if f.has("Pulmonary fibrotic sequela"):
         fs = d["Pulmonary fibrotic sequela"]
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -328,10 +329,10 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Fibrotic sequelae.")
+        impressions.append("Fibrotic sequelae.")
     if f.has("Interlobular septal thickening"):
         st = d["Interlobular septal thickening"]
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -341,7 +342,7 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append("Interlobular septal thickening.")
+        impressions.append("Interlobular septal thickening.")
     lung_positive = any(
         f.has(n)
         for n in (
@@ -357,7 +358,7 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
         )
     )
     if not lung_positive:
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -371,7 +372,7 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
     if f.has("Pleural effusion"):
         pe = d["Pleural effusion"]
         space = "both hemithoraces" if pe["side"] == "bilateral" else f"the {pe['side']} hemithorax"
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -381,9 +382,9 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-        I.append(f"{pe['size'].capitalize()} {_where(pe['side'])} pleural effusion.")
+        impressions.append(f"{pe['size'].capitalize()} {_where(pe['side'])} pleural effusion.")
     else:
-        S.append(
+        sentences.append(
             _pick(
                 rng,
                 [
@@ -393,7 +394,7 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
                 ],
             )
         )
-    S.append(
+    sentences.append(
         _pick(
             rng,
             [
@@ -403,7 +404,7 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
             ],
         )
     )
-    S.append(
+    sentences.append(
         _pick(
             rng,
             [
@@ -413,7 +414,7 @@ def _sentences(f: Findings, rng: np.random.Generator) -> tuple[list[str], list[s
             ],
         )
     )
-    return S, I
+    return sentences, impressions
 
 
 def write_report(f: Findings, rng: np.random.Generator) -> tuple[str, str]:

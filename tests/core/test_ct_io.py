@@ -161,3 +161,29 @@ def test_bad_files_named_with_reason(tmp_path):
     (tmp_path / "v.mha").write_bytes(b"")
     with pytest.raises(CTLoadError, match="unknown volume format"):
         load_ct(tmp_path / "v.mha")
+
+
+def test_non_finite_voxels_refused_with_count(tmp_path):
+    """NaN compares false with everything, so it would pass the air check; the loader counts and refuses it."""
+    hu = phantom_lps()
+    assert load_ct(_float_nifti(tmp_path / "clean.nii.gz", hu)).hu.shape == SHAPE  # float files load when finite
+    bad = hu.copy()
+    bad[0, 0, :3] = np.nan
+    bad[5, 5, 5] = np.inf
+    bad[6, 6, 6] = -np.inf
+    with pytest.raises(CTLoadError, match=r"some.nii.gz: non-finite voxels: 5 "):
+        load_ct(_float_nifti(tmp_path / "some.nii.gz", bad))
+    with pytest.raises(CTLoadError, match=rf"all.npy: non-finite voxels: {hu.size} "):
+        np.save(tmp_path / "all.npy", np.full(SHAPE, np.nan, dtype=np.float32))
+        load_ct(tmp_path / "all.npy", spacing=SPACING)
+    # The check holds with the air check off, and for a CSV intercept that is itself not finite.
+    with pytest.raises(CTLoadError, match="non-finite voxels: 5 "):
+        load_ct(tmp_path / "some.nii.gz", CTLoadConfig(air_check=False))
+    raw = save_nifti(tmp_path / "raw.nii.gz", hu + 1024, LPS_AFFINE)
+    with pytest.raises(CTLoadError, match=rf"non-finite voxels: {hu.size} "):
+        load_ct(raw, CTLoadConfig(hu_policy="csv"), slope=1.0, intercept=float("nan"))
+
+
+def _float_nifti(path, hu: np.ndarray):
+    nib.save(nib.Nifti1Image(hu.astype(np.float32), LPS_AFFINE), str(path))
+    return path

@@ -150,15 +150,22 @@ def local_cluster(n_decode: int, n_gpus: int, model_threads: int):
     from distributed import Nanny, Scheduler, SpecCluster
 
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    quiet = logging.WARNING  # the worker processes' own INFO lines (start, stop, plugins) are not the user's business
     workers = {
-        f"decode-{i}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"decode": 1}, "env": one_thread}}
+        f"decode-{i}": {
+            "cls": Nanny,
+            "options": {"nthreads": 1, "resources": {"decode": 1}, "env": one_thread, "silence_logs": quiet},
+        }
         for i in range(n_decode)
     }
     for g in range(max(n_gpus, 1)):
         env = {"OMP_NUM_THREADS": str(model_threads)}
         if n_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(g)
-        workers[f"model-{g}"] = {"cls": Nanny, "options": {"nthreads": 1, "resources": {"model": 1}, "env": env}}
+        workers[f"model-{g}"] = {
+            "cls": Nanny,
+            "options": {"nthreads": 1, "resources": {"model": 1}, "env": env, "silence_logs": quiet},
+        }
     scheduler = {
         "cls": Scheduler,
         "options": {"dashboard_address": ":0"},

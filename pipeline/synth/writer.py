@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtime import atomic_path, atomic_write_text, remove_temporaries
+from pipeline.runtime import atomic_path, atomic_write_text, log_to_file, output_lock, remove_temporaries
 from pipeline.synth.plan import PatientPlan, ReconPlan, ScanPlan, build_plan, rng_for
 from pipeline.synth.reports import write_report
 from schemas.errors import PipelineError
@@ -47,6 +49,7 @@ OUR_ENTRIES = (
     MARKER,
 )
 _REPORT_KEY = 6
+log = logging.getLogger(__name__)
 
 
 class SynthOutputError(PipelineError, ValueError):
@@ -259,10 +262,28 @@ def write_provenance(cfg: SynthConfig) -> None:
 
 
 def synthesize(cfg: SynthConfig, progress: bool = True) -> list[VolumeRecord]:
-    """Write the whole data set (or finish an interrupted run); returns the CSV records (one per volume)."""
+    """Write the whole data set (or finish an interrupted run); returns the CSV records (one per volume).
+    One run per folder at a time (``<out>.lock``); the log goes to ``<out>.log`` beside the folder."""
+    start = time.perf_counter()
+    with output_lock(cfg.out, "synth"), log_to_file(cfg.out.with_name(cfg.out.name + ".log")):
+        recs = _synthesize(cfg, progress)
+        splits = {s: sum(r.split == s for r in recs) for s in ("train", "valid")}
+        log.info(
+            "wrote %d volumes (%d train, %d valid) to %s in %.1f s",
+            len(recs),
+            splits["train"],
+            splits["valid"],
+            cfg.out,
+            time.perf_counter() - start,
+        )
+        return recs
+
+
+def _synthesize(cfg: SynthConfig, progress: bool) -> list[VolumeRecord]:
     from tqdm import tqdm
 
-    prepare_output(cfg)
+    resumed = prepare_output(cfg)
+    log.info("%s: %s %s", cfg.out, "resuming" if resumed else "writing", json.dumps(cfg.content_fields()))
     plan = build_plan(cfg)
     tasks = [(patient, scan, cfg.size, str(cfg.out)) for patient in plan for scan in patient.scans]
     n_volumes = sum(len(s.recons) for _, s, _, _ in tasks)

@@ -16,6 +16,7 @@ Each figure is printed with the 1-minute load average, since the machine may be 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -168,6 +169,8 @@ def main() -> None:
     ap.add_argument("--tiny-volumes", type=int, default=64)
     ap.add_argument("--skip-peak", action="store_true", help="Do not measure the matmul peak.")
     ap.add_argument("--profile", action="store_true", help="Also break one call of each path down by op kind.")
+    ap.add_argument("--skip-official-size", action="store_true", help="Only the tiny config (a smoke test).")
+    ap.add_argument("--json", type=Path, default=None, help="Also write the figures here (python -m bench reads it).")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, {load()}")
@@ -176,9 +179,15 @@ def main() -> None:
         for name, dt in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
             peaks[name] = matmul_peak(dt)
             print(f"matmul peak {name}: {peaks[name]:.0f} GFLOP/s ({load()})")
-
-    bench_official_size(args)  # returns before the tiny runs, so the official model's memory is freed
+    RESULT["matmul_peak_gflops"] = peaks
+    if not args.skip_official_size:
+        bench_official_size(args)  # returns before the tiny runs, so the official model's memory is freed
     bench_tiny(args)
+    if args.json:
+        args.json.write_text(json.dumps(RESULT, indent=1, default=float))
+
+
+RESULT: dict = {"threads": None}  # what --json writes: the figures printed above
 
 
 def bench_official_size(args) -> None:
@@ -206,6 +215,7 @@ def bench_official_size(args) -> None:
 
     res = time_rounds(variants, args.repeats, None if args.skip_peak else round_peaks)
     rounds = res.pop("rounds")
+    RESULT.update(threads=args.threads, gflop_per_volume=total / 1e9, official_size=res, rounds=rounds)
     for name, r in res.items():
         prec = "fp32" if name == "official" else name
         rate = total / r["median"] / 1e9
@@ -228,6 +238,7 @@ def bench_official_size(args) -> None:
         for name in ("fp32", "bf16"):
             ratios = [o / t for o, t in zip(res["official"]["times"], res[name]["times"])]
             print(f"{name} speed-up over official, median of per-round ratios: {statistics.median(ratios):.2f}x")
+            RESULT[f"{name}_speedup_over_official"] = statistics.median(ratios)
     if args.profile:
         for name, fn in variants.items():
             print(f"{name:>8} breakdown: {time_breakdown(fn, flops, total)} ({load()})")
@@ -237,7 +248,8 @@ def bench_official_size(args) -> None:
                     f"          matmul peak {prec} right after: {matmul_peak(dict(fp32=torch.float32, bf16=torch.bfloat16)[prec], 1.5):.0f} GFLOP/s"
                 )
     latents = {name: fn() for name, fn in variants.items()}
-    print(f"bf16 vs fp32 latent cosine: {F.cosine_similarity(latents['bf16'], latents['fp32']).item():.5f}")
+    RESULT["bf16_fp32_cosine"] = F.cosine_similarity(latents["bf16"], latents["fp32"]).item()
+    print(f"bf16 vs fp32 latent cosine: {RESULT['bf16_fp32_cosine']:.5f}")
     if "official" in latents:
         print(f"fp32 vs official latent max|diff|: {(latents['fp32'] - latents['official']).abs().max():.2e}")
 
@@ -254,6 +266,7 @@ def bench_tiny(args) -> None:
             tiny.encode_ct(batch, prec)
         rate = 8 * max(1, args.tiny_volumes // 8) / (time.perf_counter() - t0)
         print(f"tiny config {prec}: {rate:.0f} volumes/s (batch 8) ({load()})")
+        RESULT[f"tiny_{prec}_volumes_per_s"] = rate
 
 
 if __name__ == "__main__":

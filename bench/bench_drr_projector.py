@@ -55,6 +55,8 @@ def make_volume(ct: str, out: Path) -> Path:
     if target.exists():
         return target
     img = nib.load(ct)
+    if img.shape[2] >= 300 or img.shape[0] < 512:  # already full size, or a small smoke-test volume
+        return Path(ct)
     raw = np.asarray(img.dataobj.get_unscaled())
     stacked = np.concatenate([raw, raw, raw[..., :34]], axis=2)
     new = nib.Nifti1Image(stacked, img.affine)
@@ -134,12 +136,15 @@ def main() -> None:
     )
     res["memory"] = json.loads(child.stdout.strip().splitlines()[-1])
     ct = load_ct(path)
-    hu = torch.from_numpy(ct.hu)
+    from pipeline.drr.geometry import unflipped
+
+    hu_np, affine = unflipped(ct.hu, ct.affine)  # load_ct's view may run backwards; torch needs forward strides
+    hu = torch.from_numpy(hu_np)
     res["shape"], res["spacing"] = list(ct.hu.shape), ct.spacing
     transform = voxel_transform(DRRRenderConfig())
     for projection in ("cone", "parallel"):
         for view in ("pa", "lateral"):
-            plan = plan_projection(hu.shape, ct.affine, view, GeometryConfig(projection=projection))
+            plan = plan_projection(hu.shape, affine, view, GeometryConfig(projection=projection))
             project(hu, plan, transform)  # warm-up
             med, times, img = _median(
                 lambda plan=plan: project(hu, plan, transform), args.repeats, f"{projection}_{view}"
@@ -147,7 +152,7 @@ def main() -> None:
             res[f"{projection}_{view}_s"], res[f"{projection}_{view}_times"] = med, times
             if projection == "cone" and view == "pa":
                 ours = img
-    plan = plan_projection(hu.shape, ct.affine, "pa", GeometryConfig(projection="cone"))
+    plan = plan_projection(hu.shape, affine, "pa", GeometryConfig(projection="cone"))
     med, times, base = _median(
         lambda: baseline_joseph(hu, plan, transform), max(1, args.repeats // 3), "baseline_cone_pa"
     )

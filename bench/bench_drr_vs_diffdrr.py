@@ -57,7 +57,10 @@ def run_ours(args) -> dict:
 
     torch.set_num_threads(args.threads)
     load_s, _, ct = _median_time(lambda: load_ct(args.ct), 3)
-    hu = torch.from_numpy(ct.hu)
+    from pipeline.drr.geometry import unflipped
+
+    hu_np, affine = unflipped(ct.hu, ct.affine)  # load_ct's view may run backwards; torch needs forward strides
+    hu = torch.from_numpy(hu_np)
     result = {"load_s": load_s, "shape": list(ct.hu.shape), "spacing": ct.spacing}
     for projection in ("cone", "parallel"):
         cfg = DRRRenderConfig(
@@ -67,8 +70,8 @@ def run_ours(args) -> dict:
                 projection=projection, size=args.size, detector_mm=DETECTOR_MM, sid_mm=SID, sod_mm=SOD
             ),
         )
-        line_integrals(hu, ct.affine, cfg)  # warm-up
-        med, times, img = _median_time(lambda cfg=cfg: line_integrals(hu, ct.affine, cfg)[0], args.repeats)
+        line_integrals(hu, affine, cfg)  # warm-up
+        med, times, img = _median_time(lambda cfg=cfg: line_integrals(hu, affine, cfg)[0], args.repeats)
         result[f"{projection}_s"], result[f"{projection}_times"] = med, times
         np.save(Path(args.tmp) / f"ours_{projection}_{args.size}.npy", img.numpy())
     if args.density is not None:  # DiffDRR's density, projected by our projector (no HU -> mu)
@@ -204,10 +207,12 @@ def main() -> None:
     load = os.getloadavg()
     res = {"uptime_load_before": load}
     res["diffdrr_trilinear_512"] = _child(
-        ["--worker", "diffdrr", "--renderer", "trilinear", "--repeats", "2", "--save-density", *common], env
+        ["--worker", "diffdrr", "--renderer", "trilinear", "--repeats", str(args.repeats), "--save-density", *common],
+        env,
     )
     res["diffdrr_trilinear_256"] = _child(
-        ["--worker", "diffdrr", "--renderer", "trilinear", "--size", "256", "--repeats", "3", *common], env
+        ["--worker", "diffdrr", "--renderer", "trilinear", "--size", "256", "--repeats", str(args.repeats), *common],
+        env,
     )
     if not args.skip_siddon:
         res["diffdrr_siddon_512"] = _child(

@@ -34,7 +34,7 @@ def load() -> float:
 def make_data(work: Path, model: str, n: int):
     from schemas.labels import N_LABELS
     from schemas.manifest import ManifestRow, write_manifest
-    from tests.embed_data import REPORTS, write_checkpoint, write_vocab, write_volume
+    from tests.helpers.embed_data import REPORTS, write_checkpoint, write_vocab, write_volume
 
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / f"{model}.pt"

@@ -10,6 +10,7 @@ two cores, wall time with two workers is about half the CPU time.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import sys
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=None, help="Also write the figures here (python -m bench reads it).")
     args = ap.parse_args()
     rows = {}
     for workers in (1, 2):
@@ -51,6 +53,13 @@ def main() -> None:
     for w, (wall, cpu) in rows.items():
         print(f"{w:7d}  {wall:6.1f}  {cpu:5.1f}  {1000 * cpu / args.n:8.0f}")
     print(f"speed-up with 2 workers (wall): {rows[1][0] / rows[2][0]:.2f}x")
+    if args.json:
+        out = {"n": args.n, "size": args.size, "repeats": args.repeats}
+        out["workers"] = {
+            str(w): {"wall_s": wall, "cpu_s": cpu, "cpu_per_volume_ms": 1000 * cpu / args.n}
+            for w, (wall, cpu) in rows.items()
+        }
+        args.json.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ import typer
 
 from pipeline._version import __version__
 from pipeline.ctclip.cli import ctclip_app
+from pipeline.ctclip.pretrain_cli import pretrain_ctclip
 from pipeline.drr.cli import preview, simulate_drr
 from pipeline.embed.cli import embed_ct
+from pipeline.eval_cli import evaluate, fewshot, predict
 from pipeline.manifests.cli import manifest_app
 from pipeline.synth.cli import synth
 
@@ -50,6 +52,23 @@ app.command("simulate-drr")(simulate_drr)
 app.command("preview")(preview)
 app.add_typer(ctclip_app, name="ctclip")
 app.command("embed-ct")(embed_ct)
+app.command("evaluate")(evaluate)
+app.command("fewshot")(fewshot)
+app.command("predict")(predict)
+app.command("pretrain-ctclip")(pretrain_ctclip)
+
+
+@app.command(
+    "train",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+def _train(ctx: typer.Context) -> None:
+    """Train the CXR encoder on DRRs against the cached CT-CLIP latents (`train --help` for options)."""
+    # Lazy: pipeline never imports trainer at module level; trainer.cli parses the arguments itself.
+    from trainer.cli import main
+
+    main(list(ctx.args))
 
 
 def main() -> None:

@@ -6,26 +6,38 @@ orientation in the project:
 * The array returned is indexed ``hu[i, j, k]`` with axis 0 running towards the
   patient's Left, axis 1 Posterior, axis 2 Superior (``CANONICAL_ORIENTATION`` =
   LPS, nibabel axcodes). Stored axes that are permuted or flipped are brought to
-  it; the affine is updated so that it still maps voxel indices to the same
-  world (nibabel RAS+, mm) position.
+  it as a *view* of the stored array (permuted or negative strides, no copy); the
+  affine is updated so that it still maps voxel indices to the same world
+  (nibabel RAS+, mm) position. The memory stays in the file's order (Fortran
+  order for NIfTI): the projector follows the strides, CT-CLIP preprocessing
+  copies anyway.
 * Header scaling is applied once, by the policy in :class:`schemas.ct.CTLoadConfig`.
 * Scanner padding outside the field of view (-2048, -3024, ...) becomes air (-1000).
 * Air must read about -1000 HU, or the volume is refused: this catches slope and
   intercept applied twice (air near -2000) or never (air near 0).
 * NaN or infinite voxels are refused: every comparison with NaN is false, so they
   would pass the air check and turn into blank images or NaN latents downstream.
+
+Speed: the floor is the gzip inflate. A ``.nii.gz`` is inflated in one call into a buffer
+of the exact size (ISA-L or zlib-ng where installed, ``pipeline.inflate``); the voxels are a
+view of it. Scaling, padding and the finite check then run together, block by block in
+cache, writing the float32 result once; the air check reads a 1/27 strided sample.
+
+The policies, thresholds and defaults are described for users in docs/ct-input.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from nibabel.volumeutils import int_scinter_ftype
 
+from pipeline.inflate import gunzip
 from schemas.ct import CANONICAL_ORIENTATION, CTLoadConfig
 from schemas.errors import PipelineError
 
@@ -42,7 +54,7 @@ class AirCheckError(CTLoadError):
 
 @dataclass(frozen=True)
 class CTVolume:
-    hu: np.ndarray  # float32 (X, Y, Z) in CANONICAL_ORIENTATION
+    hu: np.ndarray  # float32 (X, Y, Z) in CANONICAL_ORIENTATION: a view, possibly with negative strides
     affine: np.ndarray  # float64 (4, 4): voxel index -> world RAS+ mm
     source: str  # the file it came from
     hu_scaling: str  # which scaling produced the HU: 'header', 'csv' or 'none'
@@ -79,40 +91,74 @@ def load_ct(
         raise CTLoadError(f"{path}: file not found; check ct_path in the manifest")
     name = path.name
     if name.endswith((".nii", ".nii.gz")):
-        raw, affine, header_scaled = _read_nifti(path, cfg, slope, intercept)
+        raw, scale, affine, how = _read_nifti(path, cfg, slope, intercept)
     elif name.endswith((".npy", ".npz")):
-        raw, affine, header_scaled = _read_numpy(path, cfg, spacing, orientation, slope, intercept)
+        raw, scale, affine, how = _read_numpy(path, cfg, spacing, orientation, slope, intercept)
     else:
         raise CTLoadError(f"{path}: unknown volume format; expected .nii, .nii.gz, .npy or .npz")
-    hu, affine = _to_canonical(raw, affine, path)
-    check_finite(hu, path)
+    transform = _canonical_transform(affine, path)
     air = None
-    if cfg.air_check:
-        air = measure_air_hu(hu, cfg.padding_below_hu)
-        if air is None or abs(air - AIR_HU) > cfg.air_tolerance_hu:
-            raise AirCheckError(
-                f"{path}: air reads {air if air is None else round(air)} HU, expected about -1000 "
-                f"(HU scaling '{header_scaled}'). If the CSV slope/intercept were applied on top of header "
-                "scaling, use --hu-policy header; if the file stores raw values without header scaling, "
-                "use --hu-policy csv."
-            )
-    np.copyto(hu, AIR_HU, where=hu < cfg.padding_below_hu)
-    return CTVolume(hu=hu, affine=affine, source=str(path), hu_scaling=header_scaled, air_hu=air)
-
-
-def check_finite(hu: np.ndarray, path: Path | str) -> None:
-    """Refuse a volume holding NaN or infinite voxels (float NIfTI/NumPy files can).
-
-    A float64 sum is NaN or infinite exactly when some voxel is (float32 values cannot
-    overflow it), so the common, clean case costs one pass and no mask.
-    """
-    with np.errstate(invalid="ignore"):  # inf + -inf is NaN: an answer here, not a warning
-        if np.isfinite(np.sum(hu, dtype=np.float64)):
-            return
-    n = int(hu.size - np.count_nonzero(np.isfinite(hu)))
-    raise CTLoadError(
-        f"{path}: non-finite voxels: {n} (NaN or infinite); re-export the volume or drop it from the manifest"
+    if cfg.air_check:  # measured on the scaled values before padding removal, as a strided sample
+        air = measure_air_hu(scale(apply_orientation(raw, transform)[::3, ::3, ::3]), cfg.padding_below_hu, 1)
+    try:
+        hu, non_finite = _scale_and_pad(raw, scale, cfg.padding_below_hu)
+    except Exception as e:  # a short .nii (memory-mapped) fails only here
+        raise CTLoadError(
+            f"{path}: voxel data unreadable ({type(e).__name__}: {e}); the file is probably truncated"
+        ) from e
+    if non_finite:
+        raise CTLoadError(
+            f"{path}: non-finite voxels: {non_finite} (NaN or infinite); re-export the volume or drop it from the manifest"
+        )
+    if cfg.air_check and (air is None or abs(air - AIR_HU) > cfg.air_tolerance_hu):
+        raise AirCheckError(
+            f"{path}: air reads {air if air is None else round(air)} HU, expected about -1000 "
+            f"(HU scaling '{how}'). If the CSV slope/intercept were applied on top of header "
+            "scaling, use --hu-policy header; if the file stores raw values without header scaling, "
+            "use --hu-policy csv."
+        )
+    # A view, not a copy: flipped axes carry negative strides, permuted ones permuted strides.
+    hu = apply_orientation(hu, transform)
+    return CTVolume(
+        hu=hu, affine=affine @ inv_ornt_aff(transform, raw.shape), source=str(path), hu_scaling=how, air_hu=air
     )
+
+
+# Voxels converted per block: the int16 input, the float32 output and the temporaries stay in
+# the core's cache, so scaling, padding and the finite check cost one pass over memory.
+_BLOCK = 1 << 16
+
+
+def _scale_and_pad(raw: np.ndarray, scale: _Scaling, padding_below_hu: float) -> tuple[np.ndarray, int]:
+    """float32 HU in the stored voxel order (and memory order) of ``raw``, padding turned into
+    air; also the number of non-finite voxels (counted only where the stored type and scaling
+    could make any)."""
+    order: Literal["C", "F"] = "F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C"
+    flat_raw = np.ravel(raw, order=order)  # a view for the memory-ordered arrays that readers return
+    out = np.empty(flat_raw.size, dtype=np.float32)
+    count_bad = not _always_finite(raw.dtype, scale)
+    non_finite = 0
+    mask = np.empty(min(_BLOCK, flat_raw.size), dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is counted as non-finite below
+        for start in range(0, flat_raw.size, _BLOCK):
+            block = out[start : start + _BLOCK]
+            scale.into(flat_raw[start : start + _BLOCK], block)
+            if count_bad:  # before padding, which would turn -inf into air
+                non_finite += block.size - int(np.count_nonzero(np.isfinite(block)))
+            below = mask[: block.size]
+            np.less(block, padding_below_hu, out=below)
+            np.copyto(block, AIR_HU, where=below)
+    return out.reshape(raw.shape, order=order), non_finite
+
+
+def _always_finite(dtype: np.dtype, scale: _Scaling) -> bool:
+    """True when every value of an integer ``dtype`` scales to a finite float (the scaling is
+    affine, so its two extremes decide); float data can hold NaN/inf and is always counted."""
+    if dtype.kind not in "iub":
+        return False
+    info = np.iinfo(dtype) if dtype.kind != "b" else None
+    ends = np.array([0, 1] if info is None else [info.min, info.max], dtype=dtype)
+    return bool(np.all(np.isfinite(scale(ends))))
 
 
 def _check_size(path: Path, shape: tuple[int, ...], cfg: CTLoadConfig) -> None:
@@ -126,7 +172,79 @@ def _check_size(path: Path, shape: tuple[int, ...], cfg: CTLoadConfig) -> None:
         )
 
 
-def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.ndarray, np.ndarray, str]:
+class _Scaling:
+    """``v * slope + inter`` (each step only where its value says so) into float32.
+
+    ``work`` is the dtype the arithmetic is defined in. The result is built in place in the
+    float32 output block (no temporaries) where that gives the same values: stored values that
+    float32 holds exactly (8/16-bit integers, float32) and either ``work`` is float32 or only
+    one operation applies with an operand float32 holds exactly (one correctly rounded
+    operation in float64 followed by rounding to float32 equals the float32 operation, since
+    53 >= 2 x 24 + 2 bits). Otherwise the expression runs in ``work`` and is cast once.
+    """
+
+    def __init__(self, slope, inter, work: np.dtype):
+        self.work = np.dtype(work)
+        self.slope = None if slope is None else np.asarray(slope, dtype=self.work)
+        self.inter = None if inter is None else np.asarray(inter, dtype=self.work)
+        operands = [v for v in (self.slope, self.inter) if v is not None]
+        self.in_float32 = self.work == np.float32 or (
+            len(operands) == 1 and bool(np.float32(operands[0]) == operands[0])
+        )
+
+    def into(self, block: np.ndarray, out: np.ndarray) -> None:
+        if self.in_float32 and np.can_cast(block.dtype, np.float32, "safe"):
+            out[...] = block
+            if self.slope is not None:
+                np.multiply(out, self.slope.astype(np.float32), out=out)
+            if self.inter is not None:
+                np.add(out, self.inter.astype(np.float32), out=out)
+            return
+        v = block.astype(self.work)
+        if self.slope is not None:
+            v *= self.slope
+        if self.inter is not None:
+            v += self.inter
+        out[...] = v
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        out = np.empty(block.shape, dtype=np.float32)
+        self.into(block, out)
+        return out
+
+
+def _csv_scale(slope: float | None, intercept: float | None) -> _Scaling:
+    """The manifest's slope/intercept: values cast to float32, then ``* slope + intercept`` in float32."""
+    return _Scaling(1.0 if slope is None else slope, 0.0 if intercept is None else intercept, np.dtype(np.float32))
+
+
+def _header_scale(dataobj, stored: np.dtype) -> _Scaling:
+    """nibabel's own read scaling, exactly as ``get_fdata(dtype=float32)`` does it, per block.
+
+    As nibabel's ArrayProxy and ``apply_read_scaling``: slope and intercept are float32 where
+    that is exact; integer data is scaled in the float type ``int_scinter_ftype`` picks (float64
+    where float32 would overflow); a slope of 1 and an intercept of 0 are skipped; numpy's type
+    promotion of stored values with them gives the working type; the result is cast to float32.
+    Elementwise, so blocks give the values of the whole array (tests/core/test_ct_io_fast_path.py
+    checks them against ``get_fdata`` for several stored types).
+    """
+    slope, inter = np.atleast_1d(np.asanyarray(dataobj.slope)), np.atleast_1d(np.asanyarray(dataobj.inter))
+    if np.can_cast(slope, np.float32):
+        slope = slope.astype(np.float32)
+    if np.can_cast(inter, np.float32):
+        inter = inter.astype(np.float32)
+    if (float(slope[0]), float(inter[0])) == (1.0, 0.0):
+        return _Scaling(None, None, np.dtype(np.float32))
+    if stored.kind in "iu":
+        default = slope.dtype.type if slope.dtype.kind == "f" else np.float64
+        ftype = int_scinter_ftype(stored, slope, inter, default)
+        slope, inter = slope.astype(ftype), inter.astype(ftype)
+    use_slope, use_inter = bool(slope[0] != 1.0), bool(inter[0] != 0.0)
+    work = np.result_type(stored, *([slope] if use_slope else []), *([inter] if use_inter else []))
+    return _Scaling(slope[0] if use_slope else None, inter[0] if use_inter else None, work)
+
+
+def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.ndarray, _Scaling, np.ndarray, str]:
     img: Any  # Nifti1Image or Nifti2Image; nibabel types load() as the base class
     try:
         img = nib.load(str(path))
@@ -138,28 +256,43 @@ def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.nda
     use_csv = cfg.hu_policy == "csv" or (
         cfg.hu_policy == "auto" and not header_has_scaling and (slope is not None or intercept is not None)
     )
+    if use_csv:
+        if slope is None and intercept is None and cfg.hu_policy == "csv":
+            raise CTLoadError(f"{path}: hu_policy 'csv' but the manifest row has no slope/intercept")
+        scale, how = _csv_scale(slope, intercept), "csv"
+    else:
+        scale, how = _header_scale(img.dataobj, img.get_data_dtype()), ("header" if header_has_scaling else "none")
     try:
-        if use_csv:
-            if slope is None and intercept is None and cfg.hu_policy == "csv":
-                raise CTLoadError(f"{path}: hu_policy 'csv' but the manifest row has no slope/intercept")
-            data = np.asarray(img.dataobj.get_unscaled(), dtype=np.float32)
-            data = data * np.float32(1.0 if slope is None else slope) + np.float32(
-                0.0 if intercept is None else intercept
-            )
-            how = "csv"
-        else:
-            data = np.asarray(img.get_fdata(dtype=np.float32))
-            how = "header" if header_has_scaling else "none"
-    except CTLoadError:
-        raise
+        raw = read_stored_voxels(path, img)
     except Exception as e:  # truncated gzip, short file, ...
         raise CTLoadError(
             f"{path}: voxel data unreadable ({type(e).__name__}: {e}); the file is probably truncated"
         ) from e
-    return data, np.asarray(img.affine, dtype=np.float64), how
+    return raw, scale, np.asarray(img.affine, dtype=np.float64), how
 
 
-def _read_numpy(path: Path, cfg, spacing, orientation, slope, intercept) -> tuple[np.ndarray, np.ndarray, str]:
+def read_stored_voxels(path: Path, img) -> np.ndarray:
+    """The unscaled voxels of a NIfTI file, in stored order (a Fortran-ordered array).
+
+    A ``.nii.gz`` is read whole and inflated in one call into a buffer of the exact size (with
+    ISA-L or zlib-ng where installed, see ``pipeline.inflate``), and the voxels are a view of
+    that buffer; nibabel's gzip stream would inflate in small reads and copy. Other files go
+    through nibabel (a memory map for ``.nii``).
+    """
+    if not path.name.endswith(".gz"):
+        return np.asanyarray(img.dataobj.get_unscaled())
+    dtype = img.get_data_dtype()
+    offset = int(img.dataobj.offset)
+    count = int(np.prod(img.shape, dtype=np.int64))
+    data = gunzip(path.read_bytes(), size_hint=offset + count * dtype.itemsize)
+    if len(data) < offset + count * dtype.itemsize:
+        raise EOFError(f"{len(data):,} bytes inflated, the header needs {offset + count * dtype.itemsize:,}")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(img.shape, order="F")
+
+
+def _read_numpy(
+    path: Path, cfg, spacing, orientation, slope, intercept
+) -> tuple[np.ndarray, _Scaling, np.ndarray, str]:
     if spacing is None:
         raise CTLoadError(f"{path}: a NumPy volume has no header; give its spacing (mm per axis) in the manifest")
     try:
@@ -177,12 +310,11 @@ def _read_numpy(path: Path, cfg, spacing, orientation, slope, intercept) -> tupl
     except Exception as e:
         raise CTLoadError(f"{path}: unreadable NumPy file ({type(e).__name__}: {e})") from e
     _check_size(path, arr.shape, cfg)
-    data = np.asarray(arr, dtype=np.float32)
-    how = "none"
     if cfg.hu_policy != "header" and (slope is not None or intercept is not None):
-        data = data * np.float32(1.0 if slope is None else slope) + np.float32(0.0 if intercept is None else intercept)
-        how = "csv"
-    return data, affine_from_spacing(spacing, orientation or CANONICAL_ORIENTATION), how
+        scale, how = _csv_scale(slope, intercept), "csv"
+    else:
+        scale, how = _Scaling(None, None, np.dtype(np.float32)), "none"
+    return arr, scale, affine_from_spacing(spacing, orientation or CANONICAL_ORIENTATION), how
 
 
 _DIRECTION = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
@@ -198,16 +330,11 @@ def affine_from_spacing(spacing, orientation: str = CANONICAL_ORIENTATION) -> np
     return aff
 
 
-def _to_canonical(data: np.ndarray, affine: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _canonical_transform(affine: np.ndarray, path: Path) -> np.ndarray:
+    """The nibabel orientation transform from the stored axes to ``CANONICAL_ORIENTATION``."""
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise CTLoadError(f"{path}: the affine is singular or not finite; the header's geometry is broken")
-    current = io_orientation(affine)
-    target = axcodes2ornt(CANONICAL_ORIENTATION)
-    transform = ornt_transform(current, target)
-    if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
-        return np.ascontiguousarray(data, dtype=np.float32), affine
-    new = np.ascontiguousarray(apply_orientation(data, transform), dtype=np.float32)
-    return new, affine @ inv_ornt_aff(transform, data.shape)
+    return ornt_transform(io_orientation(affine), axcodes2ornt(CANONICAL_ORIENTATION))
 
 
 def measure_air_hu(hu: np.ndarray, padding_below_hu: float, sample_step: int = 3) -> float | None:

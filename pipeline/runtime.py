@@ -199,6 +199,14 @@ def setup_logging(verbose: bool = False) -> None:
         logger.propagate = False
 
 
+def log_path(out: str | Path) -> Path:
+    """``<out>.log``: where a stage's run appends its full log, beside its output. A stage
+    starts it once the output is accepted (locked and checked), so a refused run leaves
+    nothing beside an ``--out`` that is not its own."""
+    out = Path(out)
+    return out.with_name(out.name + ".log")
+
+
 @contextmanager
 def log_to_file(path: str | Path) -> Iterator[Path]:
     """Append everything the project logs (DEBUG and above, timestamped) to ``path`` while
@@ -224,3 +232,20 @@ def log_to_file(path: str | Path) -> Iterator[Path]:
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(handler)
         handler.close()
+
+
+def connect_scheduler(address: str):
+    """A ``distributed.Client`` on a running scheduler (``--scheduler``), or a one-line error naming it.
+
+    distributed raises OSError (no answer within ``distributed.comm.timeouts.connect``, 30 s by
+    default), TimeoutError or ValueError (a malformed address); any of them means the run cannot
+    start, which is an input problem, not a bug."""
+    from distributed import Client
+
+    try:
+        return Client(address)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise PipelineError(
+            f"cannot reach the Dask scheduler at {address!r} ({type(e).__name__}: {e}); start it "
+            "(`dask scheduler`) or check the address, or leave --scheduler out for a local cluster"
+        ) from None

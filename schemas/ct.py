@@ -12,8 +12,9 @@ HUPolicy = Literal["header", "csv", "auto"]
 
 # Canonical voxel orientation of every loaded volume (nibabel axcodes): axis 0
 # runs towards the patient's Left, axis 1 Posterior, axis 2 Superior. This is
-# DICOM's patient frame (LPS) and, per REFERENCE.md §4, the on-disk axis order
-# of CT-RATE files, so CT-RATE volumes load without any axis change.
+# DICOM's patient frame (LPS) and, as far as a public listing of CT-RATE headers
+# shows, the on-disk axis order of CT-RATE files, so CT-RATE volumes load without
+# any axis change (docs/ctclip-compatibility.md says how to check real files).
 CANONICAL_ORIENTATION = "LPS"
 
 

@@ -88,7 +88,7 @@ class CTCLIPPreprocessConfig(BaseModel):
     orientation: str = Field(
         default="LPS",
         description="Axcodes of the array axes the model was trained on: the on-disk voxel order of CT-RATE "
-        "files, which the official loader uses as is (REFERENCE.md §4). load_ct gives LPS; any other value "
+        "files, which the official loader uses as is (docs/ctclip-compatibility.md). load_ct gives LPS; any other value "
         "here reorders the LPS array to it before the official steps.",
     )
     hu_min: float = -1000.0

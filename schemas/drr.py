@@ -22,6 +22,13 @@ RenderMode = Literal["physics", "mean-hu"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
+def unique_views(v: list[View]) -> list[View]:
+    """Validator of every ``views`` option: each view at most once."""
+    if len(set(v)) != len(v):
+        raise ValueError(f"views repeat: {v}")
+    return v
+
+
 class GeometryConfig(StageConfig):
     """Where source and detector sit, in patient coordinates, relative to the volume's centre.
 
@@ -112,12 +119,7 @@ class DRRRenderConfig(StageConfig):
     mean_hu_clip: tuple[float, float] = Field(default=(-1000.0, 1000.0), description="HU clip of the 'mean-hu' mode.")
     slab: int = Field(default=16, ge=1, le=512, description="Voxel planes processed together (memory vs. speed).")
 
-    @field_validator("views")
-    @classmethod
-    def _unique(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError(f"views repeat: {v}")
-        return v
+    _unique = field_validator("views")(unique_views)
 
     @model_validator(mode="after")
     def _mean_hu_is_parallel(self):
@@ -148,6 +150,7 @@ class SimulateDRRConfig(StageConfig):
     overwrite: bool = Field(default=False, description="Delete the store and render everything again.")
     line_integrals: bool = Field(default=False, description="Also store the raw line integrals (float16) for research.")
     limit: int | None = Field(default=None, ge=1, description="Render only the first N manifest rows (trial runs).")
+    progress: bool = Field(default=True, description="Show a tqdm progress bar.")
 
     @model_validator(mode="after")
     def _one_cluster(self):
@@ -171,6 +174,13 @@ class PreviewConfig(StageConfig):
     n: int = Field(default=16, ge=1, le=400, description="Items shown (the first finished ones).")
     columns: int = Field(default=4, ge=1, le=20, description="Items per row.")
     thumb: int = Field(default=256, ge=32, le=1024, description="Thumbnail side (pixels).")
+
+    @field_validator("out")
+    @classmethod
+    def _png(cls, v: Path) -> Path:
+        if v.suffix.lower() != ".png":
+            raise ValueError(f"the contact sheet is a PNG: give a file name ending in .png, got {str(v)!r}")
+        return v
 
 
 # ---------------------------------------------------------------------------------------------

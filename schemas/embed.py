@@ -3,7 +3,7 @@
 The cache holds, per volume, the frozen CT-CLIP latents that training and
 evaluation read instead of running CT-CLIP again.
 
-HDF5 layout (``EMBED_LAYOUT_VERSION`` 1); N rows, one per embedded volume, in the
+HDF5 layout (``EMBED_LAYOUT_VERSION`` 2); N rows, one per embedded volume, in the
 order they were committed (look rows up by ``ids``, not by manifest position):
 
 ==============================  ===============  ================================================
@@ -14,6 +14,7 @@ path                            shape, dtype     holds
 ``ct``                          (N, D) f32       CT latent, L2-normalised (``encode_ct``)
 ``report``                      (N, D) f32       report latent, L2-normalised (``encode_text``)
 ``labels``                      (N, 18) u8       the 18 CT-RATE labels: 1, 0, or 255 = unknown
+``row_sha256``                  (N,) utf-8 str   sha256 of the manifest row the latents were made from
 ``label_names``                 (18,) utf-8 str  the label order (CT-RATE column order)
 ``temperature``                 () f32           the checkpoint's temperature; logit scale = exp(t)
 ``prompts/<set>/positive``      (18, D) f32      encode_text of the positive prompt per label
@@ -23,6 +24,13 @@ path                            shape, dtype     holds
 ``failures/ids``                (F,) utf-8 str   items that failed in the last run that tried them
 ``failures/reasons``            (F,) utf-8 str   why (one line each)
 ==============================  ===============  ================================================
+
+``row_sha256`` (:func:`embed_row_sha256`) covers the row fields that decide a row's values:
+``ct_path``, ``spacing``, ``orientation``, ``slope``, ``intercept``, ``findings``,
+``impressions``, ``labels`` and ``scan_id``. A later run whose manifest gives an id already
+in the cache another hash is refused, naming the ids, so a cache never mixes latents of old
+and new inputs under one id. Version history: 1 had no ``row_sha256``; a version-1 cache
+differs in identity and is refused (rebuild it with ``--overwrite``).
 
 D is the CT-CLIP config's ``dim_latent``: 512 for the official model.
 ``<set>`` is each key of :data:`PROMPT_TEMPLATES`; the group's attributes
@@ -56,9 +64,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.base import StageConfig
 from schemas.ct import CTLoadConfig
+from schemas.manifest import ManifestRow
 from schemas.provenance import json_sha256
 
-EMBED_LAYOUT_VERSION = 1
+EMBED_LAYOUT_VERSION = 2
 LATENT_DIM = 512  # of the official CT-CLIP; a cache's width is its model config's dim_latent
 ROW_CHUNK = 256  # rows per HDF5 chunk: 512 KiB of float32 latents, a cheap unit to read and decompress
 LABEL_MISSING = 255  # in ``labels``: the source has no such label (manifest null)
@@ -68,6 +77,25 @@ PROMPT_TEMPLATES: dict[str, tuple[str, str]] = {
     "x2ct_clip": ("There is {p}.", "There is no {p}."),  # X2CT-CLIP zero-shot from a radiograph
     "ct_clip": ("{p} is present.", "{p} is not present."),  # CT-CLIP's own CT zero-shot protocol
 }
+
+# The manifest row fields a cache row's values depend on (the CT and how it is read, the report, what is stored).
+ROW_IDENTITY_FIELDS = (
+    "ct_path",
+    "spacing",
+    "orientation",
+    "slope",
+    "intercept",
+    "findings",
+    "impressions",
+    "labels",
+    "scan_id",
+)
+
+
+def embed_row_sha256(row: ManifestRow) -> str:
+    """What identifies a cache row's inputs: the sha256 of the row's :data:`ROW_IDENTITY_FIELDS`."""
+    return json_sha256(row.model_dump(mode="json", include=set(ROW_IDENTITY_FIELDS)))
+
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import InputMissingError, PipelineError
-from schemas.labels import CT_RATE_LABELS, N_LABELS
+from schemas.labels import N_LABELS, check_label_values
 from schemas.provenance import file_sha256
 
 Split = Literal["train", "valid", "test", "external"]
@@ -108,12 +108,7 @@ class ManifestRow(BaseModel):
     @field_validator("labels")
     @classmethod
     def _check_labels(cls, v: list[int | None]) -> list[int | None]:
-        if len(v) != N_LABELS:
-            raise ValueError(f"expected {N_LABELS} labels in CT-RATE order, got {len(v)}")
-        bad = [(CT_RATE_LABELS[i], x) for i, x in enumerate(v) if x not in (0, 1, None)]
-        if bad:
-            raise ValueError(f"labels must be 0, 1 or null; got {bad[:3]}")
-        return v
+        return check_label_values(v)
 
     @field_validator("spacing")
     @classmethod
@@ -181,16 +176,17 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestR
     """
     path = Path(path)
     if not path.is_file():
-        raise InputMissingError(f"manifest {path} does not exist; build one with `x2ct-pipeline manifest ...`")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise InputMissingError(f"manifest {path} {what}; build one with `x2ct-pipeline manifest ...`")
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
+        bad_line = raw[: e.start].count(b"\n") + 1
         raise ManifestError(
-            f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); manifests are UTF-8 JSON Lines: "
+            f"{path}:{bad_line}: not UTF-8 (byte 0x{raw[e.start]:02x}); manifests are UTF-8 JSON Lines: "
             "rebuild it with `x2ct-pipeline manifest ...` or re-save it as UTF-8"
         ) from None
     for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
@@ -219,6 +215,12 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestR
 def shown(text: str) -> str:
     """``text`` with control characters and lone surrogates escaped, so a message stays one printable line."""
     return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
+
+
+def storable_line(text: str) -> str:
+    """A failure reason as a store can hold it: one line, whitespace runs as one space, other control
+    characters and lone surrogates escaped (a NUL in an HDF5 string would make the merge fail)."""
+    return shown(" ".join(text.split()))
 
 
 def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> str:

@@ -4,7 +4,8 @@ State-dict names must equal the official ones (``layers.N.0`` = position
 generator, ``layers.N.1`` = attention, ``layers.N.3`` = feed-forward; index 2
 was an unused cross-attention slot), so some submodules are registered under
 digit names and reached through properties. The arithmetic follows the
-official ``transformer_maskgit/attention.py`` (quirks in REFERENCE.md §4);
+official ``transformer_maskgit/attention.py`` (the quirks reproduced are listed in
+docs/ctclip-compatibility.md);
 comments mark where we compute the same thing a cheaper way.
 """
 

@@ -63,14 +63,31 @@ def read_state_dict(path: str | Path, map_location="cpu") -> dict[str, torch.Ten
             obj = torch.load(path, map_location=map_location, weights_only=True)  # legacy (non-zip) format
     except Exception as e:  # torch raises several types for truncated, foreign or pickled-object files
         raise CheckpointError(
-            f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {_first_line(e)}). "
             "The file may be truncated (compare its size and sha256 with the download) or not a torch.save file."
         ) from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict (a dict of name -> tensor), got {type(obj).__name__}")
+    check_finite_weights(path, obj)
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()  # an empty file raises with an empty message
+    return lines[0][:200] if lines else "no message"
+
+
+def check_finite_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN or infinite weights: they pass a strict key check and would give NaN latents for every input."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({listed}); the file is damaged or "
+            "was saved from a diverged run: compare its sha256 with the download"
+        )
 
 
 def expected_shapes(cfg: CTCLIPConfig | str = "official") -> dict[str, tuple[int, ...]]:

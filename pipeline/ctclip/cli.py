@@ -28,3 +28,18 @@ def inspect(
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
     if summary["missing"] or summary["unexpected"] or summary["shape_mismatch"] or not summary["parts"]:
         raise typer.Exit(code=1)
+
+
+@ctclip_app.command("vocab")
+@friendly_errors
+def vocab(
+    manifest: list[Path] = typer.Option(..., help="Manifest(s) (.jsonl) whose reports the vocabulary is learnt from."),
+    out: Path = typer.Option(..., help="Folder to write vocab.txt (and vocab_provenance.json) into."),
+    vocab_size: int = typer.Option(4000, min=64, help="Most tokens to learn, special tokens included."),
+    min_frequency: int = typer.Option(2, min=1, help="A merge must occur this many times in the reports."),
+) -> None:
+    """Learn a lower-case WordPiece vocabulary (BERT special tokens) from the reports of MANIFEST, offline."""
+    from pipeline.ctclip.vocab import build_vocab
+
+    record = build_vocab(list(manifest), out, vocab_size=vocab_size, min_frequency=min_frequency)
+    typer.echo(f"{out / 'vocab.txt'}: {record['tokens']} tokens from {record['distinct_reports']} distinct reports")

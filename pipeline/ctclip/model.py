@@ -1,7 +1,8 @@
 """CT-CLIP (v2): CTViT image encoder + BERT report encoder, projected to a shared 512-d latent space.
 
-State-dict names equal those of the official ``CTCLIP`` module (REFERENCE.md §4),
-so ``CT-CLIP_v2.pt`` loads strictly (see :mod:`pipeline.ctclip.checkpoint`).
+State-dict names equal those of the official ``CTCLIP`` module (GitHub
+ibrahimethemhamamci/CT-CLIP, ``ct_clip.py``; docs/ctclip-compatibility.md), so
+``CT-CLIP_v2.pt`` loads strictly (see :mod:`pipeline.ctclip.checkpoint`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,28 @@
-"""The frozen cosine-similarity vector quantiser of CTViT (``vq._codebook.*`` in the state dict).
+"""The cosine-similarity vector quantiser of CTViT (``vq._codebook.*`` in the state dict).
 
 Each token is replaced by the stored codebook row whose *normalised* version has
 the highest cosine similarity with it (the official vector-quantize-pytorch
-1.1.2 ``CosineSimCodebook`` in eval mode). There is no update rule here at all,
-so the codebook cannot change, whatever ``.train()`` says.
+1.1.2 ``CosineSimCodebook`` in eval mode). By default there is no update rule at
+all, so the codebook of a frozen teacher cannot change, whatever ``.train()`` says.
+
+Learning is opt-in (:meth:`VectorQuantizer.start_learning`), for pretraining a
+CT-CLIP of our own; it then applies only in train mode with autograd on:
+
+* straight-through gradients: the output's value is the chosen row, its gradient
+  goes unchanged to the token (the argmax itself has none);
+* the codebook follows the tokens by exponential moving averages: each row moves
+  towards the mean direction of the (unit) tokens assigned to it in the batch,
+  ``row <- normalise(decay * row + (1 - decay) * mean)``, and the code's usage
+  count is averaged the same way;
+* a commitment loss, the mean squared distance between each unit token and its
+  (detached) row, which keeps tokens close to the codes they pick;
+* dead-code restarts: a code whose averaged usage falls below a threshold is
+  moved onto a random token of the batch, so no code stays unused for long.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +40,21 @@ BF16_WINDOW = 2 * (2.0**-7 + 2.0**-8)
 MAX_CANDIDATES = 64
 
 
+@dataclass(frozen=True)
+class QuantizerLearning:
+    """How the codebook learns (see the module docstring)."""
+
+    decay: float = 0.8  # EMA decay of rows and usage counts (vector-quantize-pytorch's default)
+    commitment_weight: float = 0.25  # scale of the commitment loss added to the training loss
+    dead_code_threshold: float = 0.05  # restart codes whose averaged usage (tokens per step) falls below this
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {self.decay}")
+        if self.commitment_weight < 0 or self.dead_code_threshold < 0:
+            raise ValueError("commitment_weight and dead_code_threshold must be >= 0")
+
+
 class _Codebook(nn.Module):
     embed: torch.Tensor  # a buffer (1, codebook_size, dim)
 
@@ -38,6 +69,17 @@ class VectorQuantizer(nn.Module):
     def __init__(self, dim: int, codebook_size: int):
         super().__init__()
         self._codebook = _Codebook(dim, codebook_size)
+        self.learning: QuantizerLearning | None = None  # None: frozen (the teacher); see start_learning
+        # The commitment loss of the last learning forward (0 when frozen); the trainer adds it to its loss.
+        self.commit_loss: torch.Tensor = torch.zeros(())
+        self.restarted_codes = 0  # dead codes restarted by the last learning forward
+
+    def start_learning(self, learning: QuantizerLearning | None = None) -> None:
+        """Let the codebook learn in train mode (``None`` stops it; eval mode never learns)."""
+        self.learning = learning if learning is not None else QuantizerLearning()
+
+    def stop_learning(self) -> None:
+        self.learning = None
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -53,12 +95,51 @@ class VectorQuantizer(nn.Module):
         """
         shape = tokens.shape
         flat = tokens.reshape(-1, shape[-1])
+        if self.learning is not None and self.training and torch.is_grad_enabled():
+            rows, indices = self._learning_forward(flat.float())
+            return rows.reshape(shape), indices.reshape(shape[:-1])
         with torch.autocast(device_type=tokens.device.type, enabled=False):
             codes = F.normalize(self.codebook.float(), dim=-1)
             search = self._search_bf16 if fast_bf16 else self._search_fp32
             indices = torch.cat([search(F.normalize(chunk.float(), dim=-1), codes) for chunk in flat.split(CHUNK)])
         rows = self.codebook.float()[indices]
         return rows.reshape(shape), indices.reshape(shape[:-1])
+
+    def _learning_forward(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick codes, update the codebook (EMA, restarts), and pass gradients straight through to ``flat``."""
+        learning = self.learning
+        unit = F.normalize(flat, dim=-1)
+        with torch.no_grad():
+            codes = F.normalize(self.codebook, dim=-1)
+            indices = torch.cat([self._search_fp32(chunk, codes) for chunk in unit.detach().split(CHUNK)])
+            chosen = self.codebook[indices].clone()  # the rows used this step, before the update
+            self._ema_update(unit.detach(), indices, learning.decay)
+            self._restart_dead_codes(unit.detach(), learning.dead_code_threshold)
+        self.commit_loss = F.mse_loss(unit, chosen)
+        # Value: exactly the chosen row (flat - flat.detach() is exactly 0); gradient: the identity onto flat.
+        return chosen + (flat - flat.detach()), indices
+
+    def _ema_update(self, unit: torch.Tensor, indices: torch.Tensor, decay: float) -> None:
+        book = self._codebook
+        n_codes = book.embed.shape[1]
+        counts = torch.bincount(indices, minlength=n_codes).to(unit.dtype)
+        sums = torch.zeros(n_codes, unit.shape[-1], dtype=unit.dtype, device=unit.device).index_add_(0, indices, unit)
+        used = counts > 0
+        means = F.normalize(sums[used], dim=-1)
+        book.cluster_size.mul_(decay).add_(counts[None], alpha=1 - decay)
+        rows = book.embed[0]
+        rows[used] = F.normalize(decay * rows[used] + (1 - decay) * means, dim=-1)
+
+    def _restart_dead_codes(self, unit: torch.Tensor, threshold: float) -> None:
+        book = self._codebook
+        dead = torch.nonzero(book.cluster_size[0] < threshold).flatten()
+        self.restarted_codes = int(dead.numel())
+        if not self.restarted_codes:
+            return
+        pick = torch.randint(0, unit.shape[0], (self.restarted_codes,), device=unit.device)
+        book.embed[0, dead] = unit[pick]
+        # A restarted code gets the usage of a code used once per step, so it is not restarted again at once.
+        book.cluster_size[0, dead] = 1.0
 
     @staticmethod
     def _search_fp32(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

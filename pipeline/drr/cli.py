@@ -57,6 +57,7 @@ def simulate_drr(
     ),
     overwrite: bool | None = typer.Option(None, "--overwrite", help="Delete the store and render everything again."),
     limit: int | None = typer.Option(None, help="Render only the first N manifest rows (default: all)."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="tqdm progress bar (default: on)."),
     config: Path | None = CONFIG,
 ) -> None:
     """Render DRRs of every volume in the manifest into a resumable Zarr store (Dask, one task per volume)."""
@@ -74,6 +75,7 @@ def simulate_drr(
         "max_failures": max_failures,
         "overwrite": overwrite,
         "limit": limit,
+        "progress": progress,
         "line_integrals": line_integrals,
         "ct.hu_policy": hu_policy,
         "render.views": [v.strip() for v in views.split(",")] if views else None,
@@ -96,6 +98,10 @@ def simulate_drr(
         raise ItemsFailedError(
             f"stopped: more than {cfg.max_failures} failures (--max-failures); finished items are kept in {cfg.out}"
         )
+    if summary.failed and not summary.done:
+        raise ItemsFailedError(f"every volume this run tried failed ({summary.failed}); nothing was rendered")
+    if summary.failed and not summary.done:
+        raise ItemsFailedError(f"every volume this run tried failed ({summary.failed}); nothing was rendered")
 
 
 @friendly_errors

@@ -74,6 +74,19 @@ def _check_axis_aligned(affine: np.ndarray, shape, tol_voxels: float = 0.05) -> 
     return bool(np.all(drift.sum(axis=1) <= tol_voxels * spacing.min()))
 
 
+def unflipped(hu: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same voxels with every axis that runs backwards in memory (a negative stride, as
+    ``load_ct`` returns a flipped stored axis) turned forwards, and the affine that still maps
+    each voxel to its place: a view, no copy. The projector follows the affine, so the DRR is
+    the same; torch cannot hold negative strides."""
+    m = np.eye(4)
+    for axis, stride in enumerate(hu.strides):
+        if stride < 0:
+            hu = np.flip(hu, axis)
+            m[axis, axis], m[axis, 3] = -1.0, hu.shape[axis] - 1  # new index i -> old index n - 1 - i
+    return hu, affine @ m
+
+
 def plan_projection(shape, affine: np.ndarray, view: View, geo: GeometryConfig) -> ProjectionPlan:
     """Ray/plane crossings for an axis-aligned volume (``affine`` diagonal) seen from ``view``."""
     if not _check_axis_aligned(affine, shape):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from pathlib import Path
 
@@ -9,10 +10,12 @@ import numpy as np
 import zarr
 
 from pipeline.drr.store import read_status
+from pipeline.runtime import atomic_path
 from schemas.drr import ItemStatus, PreviewConfig
-from schemas.errors import InputMissingError, PipelineError
+from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_LINE = 12  # pixel height of one line of PIL's default bitmap font
 
 
@@ -27,16 +30,12 @@ def contact_sheet(cfg: PreviewConfig) -> int:
     """Write the PNG; returns the number of items shown."""
     from PIL import Image, ImageDraw
 
-    try:
-        group = zarr.open_group(str(cfg.store), mode="r")
-    except FileNotFoundError:  # zarr: no group there
-        raise InputMissingError(
-            f"{cfg.store}: not a simulate-drr store; make one with `x2ct-pipeline simulate-drr`"
-        ) from None
+    group = _open_store(cfg.store)
+    _refuse_foreign_out(cfg.out)
     status = read_status(group)
     shown = np.flatnonzero(status == ItemStatus.DONE)[: cfg.n]
     if shown.size == 0:
-        raise PipelineError(f"{cfg.store}: no finished items to show; run simulate-drr first")
+        raise PreviewError(f"{cfg.store}: no finished items to show; run simulate-drr first")
     views = group.attrs["layout"]["views"]
     ids, labels, images = group["ids"], group["labels"], group["images"]
 
@@ -59,5 +58,31 @@ def contact_sheet(cfg: PreviewConfig) -> int:
         for k, line in enumerate(textwrap.wrap(text, chars_per_line)[:text_lines]):
             draw.text((x, y + TEXT_LINE + cfg.thumb + 2 + k * TEXT_LINE), line, fill=0)
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(cfg.out)
+    with atomic_path(Path(cfg.out)) as tmp:
+        sheet.save(tmp, format="PNG")
     return len(shown)
+
+
+class PreviewError(PipelineError):
+    """The store cannot be shown or the sheet cannot be written where asked."""
+
+
+def _open_store(path: Path) -> zarr.Group:
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        _ = group["status"], group.attrs["layout"]  # the parts a contact sheet needs
+    except Exception:  # zarr raises several types for a folder or file that is not a store
+        raise PreviewError(f"{path} is not a simulate-drr store; give the --out of a simulate-drr run") from None
+    return group
+
+
+def _refuse_foreign_out(out: Path) -> None:
+    """The sheet replaces only a PNG (an earlier sheet), never another kind of file."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    with contextlib.suppress(OSError):
+        if out.is_file():
+            with out.open("rb") as f:
+                if f.read(8) == PNG_SIGNATURE:
+                    return
+    raise PreviewError(f"{out} exists and is not a PNG image; it is left as it is: choose another --out")

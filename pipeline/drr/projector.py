@@ -64,6 +64,16 @@ def project(
     ``transform`` (e.g. HU -> mu, in place) runs on the copy while it is in cache.
     """
     vol = volume.permute(*plan.axes)  # (U, N, V): column axis, plane axis, row axis (a view)
+    if vol.stride(2) > vol.stride(0):
+        # Rows are gathered along U and copied along V, so V should be the axis nearer in
+        # memory; the roles of the detector's columns and rows are symmetric, so exchange them
+        # (a Fortran-ordered volume, as NIfTI stores it, reads in long runs instead of a gather).
+        swapped = replace(plan, pos_u=plan.pos_v, pos_v=plan.pos_u, ray_weight=plan.ray_weight.T)
+        return _project_uv(vol.permute(2, 1, 0), swapped, transform, slab).T.contiguous()
+    return _project_uv(vol, plan, transform, slab)
+
+
+def _project_uv(vol: torch.Tensor, plan: ProjectionPlan, transform: VoxelTransform | None, slab: int) -> torch.Tensor:
     if plan.parallel:
         summed = _sum_planes(vol, transform, slab)
         one_plane = replace(plan, pos_u=plan.pos_u[:1], pos_v=plan.pos_v[:1], parallel=False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.drr.geometry import axis_aligned, plan_projection
+from pipeline.drr.geometry import axis_aligned, plan_projection, unflipped
 from pipeline.drr.physics import voxel_transform
 from pipeline.drr.postprocess import display_image, min_max, noise_generator, to_uint16
 from pipeline.drr.projector import project
@@ -57,6 +57,8 @@ def render_volume(
 ) -> Rendered:
     """Render every view of ``cfg`` from HU (LPS voxel order, ``affine`` voxel -> RAS+ mm)."""
     if projections is None:
+        if isinstance(hu, np.ndarray):
+            hu, affine = unflipped(hu, affine)
         vol = torch.as_tensor(hu, dtype=torch.float32).to(device)
         projections = line_integrals(vol, affine, cfg)
     images = []

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,9 @@ def _cluster(cfg: SimulateDRRConfig):
 
     cores = os.cpu_count() or 1
     if cfg.scheduler is not None:
-        client = Client(cfg.scheduler)
+        from pipeline.runtime import connect_scheduler
+
+        client = connect_scheduler(cfg.scheduler)
         return client, cfg.threads_per_worker or 1, client.close
     workers = cfg.workers or default_workers(cores)
     threads = cfg.threads_per_worker or max(1, cores // workers)
@@ -141,13 +144,17 @@ def run_stage(cfg: SimulateDRRConfig, client=None) -> RunSummary:
     cluster is made from ``cfg``. ``extras`` of the summary: ``max_worker_rss_mb`` and ``items``
     (this run's :class:`ItemResult` in completion order).
     """
-    from pipeline.runtime import log_to_file, output_lock
+    from pipeline.drr.store import refuse_non_folder
+    from pipeline.runtime import output_lock
 
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)  # refuses an empty manifest
+    if client is None and cfg.scheduler is None:  # a remote cluster's workers have their own devices
+        refuse_missing_gpu(cfg.device)
+    refuse_non_folder(cfg.out)  # before the lock file is made beside it
     # one driver per store: two would render and write the same items
-    with output_lock(cfg.out, "simulate-drr"), log_to_file(log_path(cfg.out)):
-        summary = _render_pending(cfg, rows, client, t_start)
+    with output_lock(cfg.out, "simulate-drr"), ExitStack() as log_file:
+        summary = _render_pending(cfg, rows, client, t_start, log_file)
         log.info(
             "%s: %s; peak worker memory %.0f MB; %d failed items recorded in %s/errors",
             cfg.out,
@@ -160,14 +167,28 @@ def run_stage(cfg: SimulateDRRConfig, client=None) -> RunSummary:
         return summary
 
 
-def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, t_start: float) -> RunSummary:
+def refuse_missing_gpu(device: str) -> None:
+    """``--device cuda`` on a machine without a GPU would fail every item: refuse it before starting."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        from schemas.errors import PipelineError
+
+        raise PipelineError("--device cuda but torch sees no CUDA GPU on this machine; use --device cpu or auto")
+
+
+def _render_pending(
+    cfg: SimulateDRRConfig, rows: list[ManifestRow], client, t_start, log_file: ExitStack
+) -> RunSummary:
     from pipeline.drr.store import failures, open_or_create, read_status, write_status_snapshot
+    from pipeline.runtime import log_path, log_to_file
 
     sha = manifest_sha256(cfg.manifest)
     layout = DRRStoreLayout(
         n_items=len(rows), views=cfg.render.views, size=cfg.render.geometry.size, line_integrals=cfg.line_integrals
     )
     group = open_or_create(cfg, layout, rows, _provenance(cfg, sha))
+    log_file.enter_context(log_to_file(log_path(cfg.out)))  # the store is accepted
     status = read_status(group)
     candidates = range(len(rows)) if cfg.limit is None else range(min(cfg.limit, len(rows)))
     pending = [i for i in candidates if status[i] != ItemStatus.DONE]
@@ -186,7 +207,7 @@ def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, t_s
         threads = cfg.threads_per_worker or 1
     try:
         log.info("Dask dashboard: %s", client.dashboard_link)
-        driver = TaskDriver("simulate-drr", len(pending), cfg.max_failures)
+        driver = TaskDriver("simulate-drr", len(pending), cfg.max_failures, progress=cfg.progress)
         driver.run(_RenderTasks(client, threads, cfg, rows, pending, summary, driver))
     finally:
         if close is not None:
@@ -204,10 +225,6 @@ def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, t_s
         "last_run_max_worker_rss_mb": round(summary.extras["max_worker_rss_mb"], 1),
     }
     return summary
-
-
-def log_path(out: Path) -> Path:
-    return out.with_name(out.name + ".log")
 
 
 class _RenderTasks:

@@ -4,12 +4,14 @@ Layout (:class:`schemas.drr.DRRStoreLayout`):
 
 * ``images`` (N, V, H, W) uint16, zstd; chunk = one image, shard = one item. A trainer reads
   one image with one range request into one file; the task that renders an item writes that
-  item's shard file whole, so no two tasks ever touch the same file.
+  item's shard file whole, so no two tasks ever touch the same file. 50k volumes with two
+  views make 50k image files, not 100k; a 512x512 image compresses from 0.5 MB to 0.35-0.45 MB.
 * ``line_integrals`` (N, V, H, W) float16, same chunking (only with ``--line-integrals``).
 * ``status`` (N,) uint8 (0 pending, 1 done, 2 failed) and ``errors`` (N,) str: one chunk per
   item, written by its task after the images. ``status == 1`` is the completion mask.
 * ``status_snapshot`` (N,) uint8, one chunk, written only by the driver at the end of a run:
-  a fast-to-read copy; :func:`read_status` combines it with the per-item chunks.
+  a fast-to-read copy; :func:`read_status` combines it with the per-item chunks, reading
+  only the chunks of items not done in the snapshot (50k single-item chunks take about 13 s).
 * ``ids`` (N,) str and ``labels`` (N, 18) int8 (-1: no label), written once at creation.
 * ``view`` (V,) and ``label`` (18,) str: the view and label names. Every array names its
   dimensions (item, view, row, column; label) and the per-item ones name ``ids`` their
@@ -23,9 +25,10 @@ Items are identified by position. A manifest that holds the store's rows unchang
 same order, with rows appended continues the store (the arrays grow, the new items are
 pending); any other manifest change is refused.
 
-The local store writes every file atomically (temporary file + rename), so a killed task
-leaves either the old file or the new one; an item counts as done only once its status chunk
-says so, which is written last.
+A new store is built in a temporary folder and renamed into place. The local store writes
+every file atomically (temporary file + rename), so a killed task leaves either the old file
+or the new one; an item counts as done only once its status chunk says so, which is written
+last.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from pipeline.runtime import atomic_dir, remove_temporaries
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
 from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS, N_LABELS
-from schemas.manifest import ManifestRow
+from schemas.manifest import ManifestRow, storable_line
 from schemas.provenance import Provenance
 
 UINT16_NOTE = (
@@ -54,6 +57,14 @@ UINT16_NOTE = (
 
 class StoreMismatchError(PipelineError, ValueError):
     """The store was made with another config or manifest; continuing it would mix outputs."""
+
+
+def refuse_non_folder(path: Path) -> None:
+    """A store is a folder: an existing file, device or broken link at ``--out`` is left alone."""
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise StoreMismatchError(
+            f"{path} exists and is not a folder (a Zarr store is one); it is left as it is: choose another --out"
+        )
 
 
 def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> zarr.Group:
@@ -167,6 +178,7 @@ def _describe_diff(old: dict, new: dict, prefix: str) -> str:
 
 def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provenance: Provenance) -> zarr.Group:
     path = cfg.out
+    refuse_non_folder(path)
     if path.exists() and cfg.overwrite:
         discard_store(path)
     elif path.parent.is_dir():
@@ -310,7 +322,7 @@ def _replace_item(array: zarr.Array, index: int, value: np.ndarray) -> None:
 
 def write_failure(path: str, index: int, reason: str) -> None:
     group = zarr.open_group(path, mode="r+")
-    group["errors"][index] = reason
+    group["errors"][index] = storable_line(reason)
     group["status"][index] = ItemStatus.FAILED
 
 

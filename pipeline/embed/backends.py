@@ -150,11 +150,15 @@ def local_cluster(n_decode: int, n_gpus: int, model_threads: int):
     from distributed import Nanny, Scheduler, SpecCluster
 
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    quiet = logging.WARNING  # the worker processes' own INFO lines (start, stop, plugins) are not the user's business
+    # Worker processes log at INFO by default (about 36 lines per run), and every failed task (a bad volume,
+    # a refused checkpoint) as an ERROR with its traceback. The runner records and reports each of those
+    # failures on one line itself, so the workers stay silent: a user sees the progress bar, the result
+    # and the errors.
+    quiet = {"silence_logs": logging.CRITICAL}
     workers = {
         f"decode-{i}": {
             "cls": Nanny,
-            "options": {"nthreads": 1, "resources": {"decode": 1}, "env": one_thread, "silence_logs": quiet},
+            "options": {"nthreads": 1, "resources": {"decode": 1}, "env": one_thread, **quiet},
         }
         for i in range(n_decode)
     }
@@ -164,13 +168,13 @@ def local_cluster(n_decode: int, n_gpus: int, model_threads: int):
             env["CUDA_VISIBLE_DEVICES"] = str(g)
         workers[f"model-{g}"] = {
             "cls": Nanny,
-            "options": {"nthreads": 1, "resources": {"model": 1}, "env": env, "silence_logs": quiet},
+            "options": {"nthreads": 1, "resources": {"model": 1}, "env": env, **quiet},
         }
     scheduler = {
         "cls": Scheduler,
         "options": {"dashboard_address": ":0"},
     }  # any free port: never clash with another cluster
-    return SpecCluster(workers=workers, scheduler=scheduler, name="embed-ct", silence_logs=logging.WARNING)
+    return SpecCluster(workers=workers, scheduler=scheduler, name="embed-ct", silence_logs=logging.ERROR)
 
 
 def _has_bokeh() -> bool:
@@ -183,9 +187,9 @@ def _has_bokeh() -> bool:
 
 def make_backend(workers: int, scheduler: str | None, n_gpus: int, model_threads: int | None):
     if scheduler:
-        from distributed import Client
+        from pipeline.runtime import connect_scheduler
 
-        return DaskBackend(Client(scheduler))
+        return DaskBackend(connect_scheduler(scheduler))
     if workers == 0:
         return ThreadBackend()
     from distributed import Client

@@ -1,6 +1,6 @@
 """The embedding cache: one HDF5 file, written by one process, never left half-written.
 
-Why this design (see also the README section on ``embed-ct``). HDF5 keeps its
+Why this design (what users are promised: docs/embed-ct.md). HDF5 keeps its
 metadata (B-trees, heaps, superblock) in a cache in memory; a process killed
 while a file is open for writing can leave that file unreadable, and SWMR mode
 does not protect against a kill either. So the HDF5 file is never modified in
@@ -48,7 +48,7 @@ from schemas.provenance import Provenance
 
 STR = h5py.string_dtype("utf-8")
 COMPRESSION = dict(compression="gzip", compression_opts=4, shuffle=True)
-ROW_DATASETS = ("ids", "scan_ids", "ct", "report", "labels")
+ROW_DATASETS = ("ids", "scan_ids", "ct", "report", "labels", "row_sha256")
 
 
 def _row_layout(latent_dim: int) -> dict[str, tuple[tuple[int, ...], object]]:
@@ -59,6 +59,7 @@ def _row_layout(latent_dim: int) -> dict[str, tuple[tuple[int, ...], object]]:
         "ct": ((latent_dim,), np.float32),
         "report": ((latent_dim,), np.float32),
         "labels": ((N_LABELS,), np.uint8),
+        "row_sha256": ((), STR),
     }
 
 
@@ -93,6 +94,31 @@ def read_identity(path: Path) -> EmbedIdentity | None:
     with h5py.File(path, "r") as f:
         raw = f.attrs.get("identity")
         return None if raw is None else EmbedIdentity.model_validate_json(raw)
+
+
+def refuse_foreign(path: Path) -> None:
+    """``--out`` may name nothing yet or an embed-ct cache; anything else (a folder, a device, a manifest,
+    a CT, an HDF5 file of another kind) is refused with or without --overwrite, and left as it is."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_file():
+        raise CacheMismatchError(
+            f"{path} exists and is not a regular file (a folder, device or broken link); "
+            "embed-ct writes one HDF5 file: give a new .h5 path as --out"
+        )
+    try:
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                ours = "identity" in f.attrs
+        else:
+            ours = False
+    except Exception:  # a truncated or damaged HDF5 file: nobody's cache any more, but not ours to delete
+        ours = False
+    if not ours:
+        raise CacheMismatchError(
+            f"{path} exists and is not an embed-ct cache; it is left as it is (--overwrite replaces only "
+            "an embed-ct cache): choose another --out, or move the file away"
+        )
 
 
 def _write_header(f: h5py.File, header: CacheHeader) -> None:
@@ -180,6 +206,7 @@ def _append_rows(f: h5py.File, rows: Rows) -> None:
         "ct": rows.ct,
         "report": rows.report,
         "labels": rows.labels,
+        "row_sha256": np.array(rows.row_sha256, dtype=object),
     }
     for name in ROW_DATASETS:
         f[name].resize(n0 + n, axis=0)
@@ -202,6 +229,7 @@ class EmbeddingCache:
         self._lock = lock  # holds runtime.output_lock until close()
         self.shards = ShardFolder(path.with_name(path.name + ".parts"), identity.sha256())
         self._file_ids: set[str] = set()
+        self._file_row_sha256: dict[str, str] = {}  # id -> hash of the manifest row it was made from
         self._pending: list[Rows] = []  # rows in shards, not yet in the HDF5 file
         # --overwrite: the old file and its shards stay until create() replaces them, so a run refused
         # later (a wrong checkpoint is found when the model loads) leaves the old cache as it was.
@@ -212,24 +240,34 @@ class EmbeddingCache:
     # ---- opening -------------------------------------------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: str | Path, identity: EmbedIdentity, *, overwrite: bool = False, manifest_sha256: str | None = None
+        cls,
+        path: str | Path,
+        identity: EmbedIdentity,
+        *,
+        overwrite: bool = False,
+        manifest_sha256: str | None = None,
+        row_sha256: dict[str, str] | None = None,
     ) -> EmbeddingCache:
         """Lock the cache, refuse a foreign one, clean up after a crash and fold pending shards in.
+
+        ``row_sha256`` (volume id -> hash of its manifest row): refuse, before anything is written,
+        a manifest whose rows changed since their ids were embedded (:meth:`changed_rows`).
 
         Does not create the file: if :attr:`exists` is False, call :meth:`create` with the header.
         """
         path = Path(path)
+        refuse_foreign(path)  # before the lock file is made beside it
         lock = ExitStack()
         lock.enter_context(output_lock(path, "embed-ct"))
         cache = cls(path, identity, lock)
         try:
-            cache._prepare(overwrite, manifest_sha256)
+            cache._prepare(overwrite, manifest_sha256, row_sha256 or {})
         except BaseException:
             cache.close(merge=False)
             raise
         return cache
 
-    def _prepare(self, overwrite: bool, manifest_sha256: str | None) -> None:
+    def _prepare(self, overwrite: bool, manifest_sha256: str | None, row_sha256: dict[str, str]) -> None:
         remove_temporaries(self.path)  # an interrupted create or merge
         self.shards.remove_leftovers()
         if overwrite and self.path.exists():
@@ -240,27 +278,20 @@ class EmbeddingCache:
             return
         self._check_identity()
         with h5py.File(self.path, "r") as f:
-            self._file_ids = set(f["ids"].asstr()[:])
+            self._file_row_sha256 = dict(zip(f["ids"].asstr()[:], f["row_sha256"].asstr()[:]))
+            self._file_ids = set(self._file_row_sha256)
             history = json.loads(f.attrs.get("manifest_sha256_history", "[]"))
         for shard in self.shards.files():
             rows = self.shards.read(shard)
             if rows is not None:
                 self._pending.append(rows)
+        self._refuse_changed(row_sha256)
         new_manifest = manifest_sha256 is not None and manifest_sha256 not in history
         if self._pending or new_manifest:
             self.merge(extra_manifest=manifest_sha256 if new_manifest else None)
 
     def _check_identity(self) -> None:
-        try:
-            theirs = read_identity(self.path)
-        except OSError as e:
-            raise CacheMismatchError(
-                f"{self.path} is not a readable HDF5 file ({e}); move it away or pass --overwrite"
-            ) from None
-        if theirs is None:
-            raise CacheMismatchError(
-                f"{self.path} is not an embed-ct cache (no 'identity' attribute); choose another --out"
-            )
+        theirs = read_identity(self.path)  # refuse_foreign made sure there is one
         if theirs.sha256() != self.identity.sha256():
             diffs = "; ".join(self.identity.differences(theirs))
             raise CacheMismatchError(
@@ -287,6 +318,24 @@ class EmbeddingCache:
     def done_ids(self) -> set[str]:
         """Ids with a committed row (in the file or in a pending shard)."""
         return self._file_ids | {i for r in self._pending for i in r.ids}
+
+    def _refuse_changed(self, row_sha256: dict[str, str]) -> None:
+        changed = self.changed_rows(row_sha256)
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise CacheMismatchError(
+                f"{self.path}: {len(changed)} manifest row(s) changed since they were embedded ({shown}): "
+                "their CT path, report, spacing, scaling or labels differ. Write to another --out, "
+                "or pass --overwrite to embed everything again."
+            )
+
+    def changed_rows(self, expected: dict[str, str]) -> list[str]:
+        """Ids whose committed row was made from a manifest row other than ``expected`` (id -> row hash):
+        the same id now points at another file, report, spacing, ... Rows without a recorded hash pass."""
+        held = dict(self._file_row_sha256)
+        for r in self._pending:
+            held.update(zip(r.ids, r.row_sha256))
+        return [vid for vid, h in expected.items() if held.get(vid) and held[vid] != h]
 
     @property
     def n_pending(self) -> int:
@@ -318,16 +367,7 @@ class EmbeddingCache:
         with atomic_path(self.path) as tmp:
             shutil.copyfile(self.path, tmp)
             with h5py.File(tmp, "r+") as f:
-                _append_rows(
-                    f,
-                    Rows(
-                        ids=[rows.ids[i] for i in keep],
-                        scan_ids=[rows.scan_ids[i] for i in keep],
-                        ct=rows.ct[keep],
-                        report=rows.report[keep],
-                        labels=rows.labels[keep],
-                    ),
-                )
+                _append_rows(f, rows.select(keep))
                 failures = dict(zip(f["failures/ids"].asstr()[:], f["failures/reasons"].asstr()[:]))
                 failures.update(zip(rows.failed_ids, rows.failed_reasons))
                 _replace_failures(f, {k: v for k, v in failures.items() if k not in seen})
@@ -337,6 +377,7 @@ class EmbeddingCache:
         for p in shard_files:
             p.unlink(missing_ok=True)
         self._file_ids = seen
+        self._file_row_sha256.update((rows.ids[i], rows.row_sha256[i]) for i in keep)
         self._pending = []
 
     def close(self, merge: bool = True) -> None:

@@ -73,4 +73,8 @@ def embed_ct(
             "progress": progress,
         },
     )
-    run_embed(cfg)  # logs its progress and results (also to <out>.log); too many failures: exit status 1
+    s = run_embed(cfg)  # logs its progress and results (also to <out>.log); too many failures: exit status 1
+    if s.failures and not s.done:
+        from schemas.errors import ItemsFailedError
+
+        raise ItemsFailedError(f"every volume this run tried failed ({len(s.failures)}); nothing was embedded")

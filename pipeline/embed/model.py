@@ -91,7 +91,15 @@ def prompt_latents(spec: ModelSpec) -> tuple[float, dict[str, dict[str, np.ndarr
     The first task of a run: it loads (and so validates) the checkpoint before any volume is read.
     """
     from pipeline.embed.cache import prompt_texts
+    from pipeline.embed.errors import EmbedError
 
     model = get_model(spec)
     prompts = {s: {k: model.encode_texts(v) for k, v in prompt_texts(s).items()} for s in PROMPT_TEMPLATES}
+    if not np.isfinite(model.temperature) or not all(
+        np.isfinite(z).all() for p in prompts.values() for z in p.values()
+    ):
+        raise EmbedError(
+            f"{spec.checkpoint}: the temperature or the prompt embeddings are not finite (NaN or infinite); "
+            "the checkpoint is unusable: compare its sha256 with the download"
+        )
     return model.temperature, prompts

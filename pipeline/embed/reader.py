@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -28,6 +28,7 @@ class Embeddings:
     failures: dict[str, str]
     identity: EmbedIdentity
     provenance: Provenance
+    row_sha256: list[str] = field(default_factory=list)  # per row: hash of the manifest row it came from
 
     def index(self) -> dict[str, int]:
         return {v: i for i, v in enumerate(self.ids)}
@@ -56,6 +57,7 @@ def load_embeddings(path: str | Path, include_pending: bool = True) -> Embedding
             failures=dict(zip(f["failures/ids"].asstr()[:], f["failures/reasons"].asstr()[:])),
             identity=EmbedIdentity.model_validate_json(f.attrs["identity"]),
             provenance=Provenance.model_validate(json.loads(f.attrs["provenance"])),
+            row_sha256=list(f["row_sha256"].asstr()[:]) if "row_sha256" in f else [""] * f["ids"].shape[0],
         )
         identity_sha256 = str(f.attrs["identity_sha256"])
     parts = path.with_name(path.name + ".parts")
@@ -86,6 +88,7 @@ def _add_pending(emb: Embeddings, shards: list[Path], identity_sha256: str) -> N
             emb.ct = np.concatenate([emb.ct, rows.ct[new]])
             emb.report = np.concatenate([emb.report, rows.report[new]])
             emb.labels = np.concatenate([emb.labels, rows.labels[new]])
+            emb.row_sha256 += [rows.row_sha256[i] for i in new]
             known.update(rows.ids[i] for i in new)
         emb.failures.update(zip(rows.failed_ids, rows.failed_reasons))
     for vid in known & emb.failures.keys():  # a later success clears an earlier failure

@@ -34,9 +34,15 @@ class Rows:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0, N_LABELS), np.uint8))
     failed_ids: list[str] = field(default_factory=list)
     failed_reasons: list[str] = field(default_factory=list)
+    # sha256 of the manifest row each latent was made from (schemas.embed.embed_row_sha256); '' = not recorded
+    row_sha256: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
+        if not self.row_sha256:
+            self.row_sha256 = [""] * n
+        if len(self.row_sha256) != n:
+            raise ValueError(f"inconsistent rows: {n} ids, {len(self.row_sha256)} row hashes")
         shapes = {
             "scan_ids": (len(self.scan_ids),),
             "ct": self.ct.shape,
@@ -68,6 +74,18 @@ class Rows:
             labels=np.concatenate([p.labels for p in full]).astype(np.uint8, copy=False),
             failed_ids=[i for p in parts for i in p.failed_ids],
             failed_reasons=[r for p in parts for r in p.failed_reasons],
+            row_sha256=[h for p in full for h in p.row_sha256],
+        )
+
+    def select(self, keep: list[int]) -> Rows:
+        """The rows at positions ``keep`` (no failures)."""
+        return Rows(
+            ids=[self.ids[i] for i in keep],
+            scan_ids=[self.scan_ids[i] for i in keep],
+            ct=self.ct[keep],
+            report=self.report[keep],
+            labels=self.labels[keep],
+            row_sha256=[self.row_sha256[i] for i in keep],
         )
 
 
@@ -113,6 +131,7 @@ class ShardFolder:
                 labels=np.ascontiguousarray(rows.labels, dtype=np.uint8),
                 failed_ids=_str_array(rows.failed_ids),
                 failed_reasons=_str_array(rows.failed_reasons),
+                row_sha256=_str_array(rows.row_sha256),
             )
         return final
 
@@ -148,4 +167,5 @@ def read_shard(path: Path, identity_sha256: str) -> Rows:
             labels=z["labels"],
             failed_ids=[str(x) for x in z["failed_ids"]],
             failed_reasons=[str(x) for x in z["failed_reasons"]],
+            row_sha256=[str(x) for x in z["row_sha256"]],
         )

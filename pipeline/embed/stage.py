@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,10 @@ from pipeline.embed.errors import EmbedError, TooManyFailures
 from pipeline.embed.model import ModelSpec, prompt_latents
 from pipeline.embed.shards import Rows
 from pipeline.embed.work import decode_volume, embed_batch, labels_u8, load_kwargs_of
-from pipeline.runtime import RunSummary, log_to_file
+from pipeline.runtime import RunSummary, log_path, log_to_file
 from pipeline.task_driver import TaskDriver
-from schemas.embed import EmbedConfig, EmbedIdentity
-from schemas.manifest import ManifestRow, manifest_sha256, read_manifest
+from schemas.embed import EmbedConfig, EmbedIdentity, embed_row_sha256
+from schemas.manifest import ManifestRow, manifest_sha256, read_manifest, storable_line
 from schemas.provenance import Provenance
 
 log = logging.getLogger(__name__)
@@ -98,12 +99,11 @@ def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
 
 
 def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) -> RunSummary:
-    """Embed every manifest row not yet in ``cfg.out``; see the README section on embed-ct.
+    """Embed every manifest row not yet in ``cfg.out``; see docs/embed-ct.md.
     The full log goes to ``<out>.log``; ``extras`` of the summary: see :func:`_new_extras`."""
     t_start = time.perf_counter()
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    with log_to_file(cfg.out.with_name(cfg.out.name + ".log")):
-        summary = _embed(cfg, on_commit, t_start)
+    with ExitStack() as log_file:
+        summary = _embed(cfg, on_commit, t_start, log_file)
         log.info(
             "%s: %s; %d distinct reports embedded%s",
             cfg.out,
@@ -124,7 +124,9 @@ def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) 
         return summary
 
 
-def _embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None, t_start: float) -> RunSummary:
+def _embed(
+    cfg: EmbedConfig, on_commit: Callable[[int], None] | None, t_start: float, log_file: ExitStack
+) -> RunSummary:
     from pipeline.ctclip.text import report_text
     from pipeline.embed.backends import make_backend
 
@@ -140,7 +142,11 @@ def _embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None, t_start: f
         precision=cfg.precision,
         threads=cfg.model_threads,
     )
-    with EmbeddingCache.open(cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha) as cache:
+    row_hashes = {r.volume_id: embed_row_sha256(r) for r in rows}  # changed rows are refused, naming them
+    with EmbeddingCache.open(
+        cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha, row_sha256=row_hashes
+    ) as cache:
+        log_file.enter_context(log_to_file(log_path(cfg.out)))  # the cache is locked and accepted
         cache.merge_fraction, cache.merge_min_rows = cfg.merge_fraction, cfg.merge_min_rows
         done = cache.done_ids()
         todo = [r for r in scan_order(rows) if r.volume_id not in done]
@@ -293,6 +299,7 @@ class _Runner:
         result = self.backend.result(h)
         self._record_timings(result)
         self.text_latents.update(result.texts)
+        self.text_errors.update(result.text_errors)
         for r in rows:
             if r.volume_id in result.errors:
                 self._fail(r.volume_id, result.errors[r.volume_id])
@@ -324,6 +331,7 @@ class _Runner:
                 ct=np.stack([z for _, z in done]).astype(np.float32),
                 report=np.stack([self.text_latents[self.text(r)] for r, _ in done]).astype(np.float32),
                 labels=np.stack([labels_u8(r.labels) for r, _ in done]),
+                row_sha256=[embed_row_sha256(r) for r, _ in done],
             )
         )
         self.buffered += len(done)
@@ -357,7 +365,7 @@ class _Runner:
         self.waiting = [(r, z) for r, z in self.waiting if not stuck(r)]
 
     def _fail(self, volume_id: str, reason: str) -> None:
-        reason = " ".join(reason.split())[:2000]
+        reason = storable_line(reason)[:2000]
         self.buffer.append(Rows(failed_ids=[volume_id], failed_reasons=[reason]))
         self.driver.failed(volume_id, reason)
 

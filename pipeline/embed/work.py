@@ -33,6 +33,22 @@ class BatchResult:
     ct_s: float
     text_s: float
     timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # id -> (load_s, preprocess_s)
+    text_errors: dict[str, str] = field(default_factory=dict)  # text -> reason its latent is missing
+
+
+NON_FINITE = "CT-CLIP gave a non-finite (NaN or infinite) {what} latent; the row is not stored"
+
+
+def drop_non_finite(
+    ct: dict[str, np.ndarray], errors: dict[str, str], texts: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
+    """A NaN latent must never be committed as a result: such volumes become errors (in ``errors``),
+    such texts move to the returned text errors (the rows that need them then fail)."""
+    for vid in [v for v, z in ct.items() if not np.isfinite(z).all()]:
+        del ct[vid]
+        errors[vid] = NON_FINITE.format(what="CT")
+    bad_texts = {t: NON_FINITE.format(what="report") for t, z in texts.items() if not np.isfinite(z).all()}
+    return ct, {t: z for t, z in texts.items() if t not in bad_texts}, bad_texts
 
 
 def decode_volume(
@@ -53,7 +69,7 @@ def decode_volume(
         raise ItemFailed(f"{ct_path}: unreadable ({type(e).__name__}: {e})") from None
     t1 = time.perf_counter()
     try:
-        x = preprocess_ct(volume, get_config(model))
+        x = preprocess_ct(volume, get_config(model), csv_spacing=load_kwargs.get("spacing"))
         array = np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
     except Exception as e:
         raise ItemFailed(f"{ct_path}: preprocessing failed ({type(e).__name__}: {e})") from None
@@ -80,10 +96,12 @@ def embed_batch(spec, volumes: list[DecodedVolume], texts: list[str]) -> BatchRe
                 )
     t1 = time.perf_counter()
     text_latents = model.encode_texts(texts) if texts else np.zeros((0, 512), np.float32)
+    ct, text_map, text_errors = drop_non_finite(ct, errors, dict(zip(texts, text_latents)))
     return BatchResult(
         ct=ct,
         errors=errors,
-        texts=dict(zip(texts, text_latents)),
+        texts=text_map,
+        text_errors=text_errors,
         ct_s=t1 - t0,
         text_s=time.perf_counter() - t1,
         timings={v.volume_id: (v.load_s, v.preprocess_s) for v in volumes},

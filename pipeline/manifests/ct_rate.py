@@ -6,6 +6,7 @@ import ast
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.manifests.tables import Problem, TableError, TableRow, make_row, parse_labels, read_table
 from schemas.labels import CT_RATE_LABELS
@@ -51,7 +52,11 @@ def _metadata(meta: TableRow | None, source: str, vid: str, problems: list[Probl
     spacing, a non-finite number) is recorded as a problem and left out, so the NIfTI header's is used."""
     if meta is None:
         return {"spacing": None, "slope": None, "intercept": None}
-    out = {"spacing": None, "slope": _float(meta, "RescaleSlope"), "intercept": _float(meta, "RescaleIntercept")}
+    out: dict[str, Any] = {
+        "spacing": None,
+        "slope": _float(meta, "RescaleSlope"),
+        "intercept": _float(meta, "RescaleIntercept"),
+    }
     try:
         xy = ast.literal_eval(meta.values["XYSpacing"])
         spacing = (float(xy[0]), float(xy[1]), float(meta.values["ZSpacing"]))
@@ -114,7 +119,7 @@ def build_ct_rate(cfg: CTRateManifestConfig) -> BuildResult:
             continue
         split, patient, scan, recon = parse_ct_rate_name(vid)
         meta = metadata.get(vid)
-        row = make_row(
+        manifest_row = make_row(
             problems,
             str(path),
             None,
@@ -129,6 +134,6 @@ def build_ct_rate(cfg: CTRateManifestConfig) -> BuildResult:
             labels=label_values,
             **_metadata(meta, str(metadata_csv), vid, problems),
         )
-        if row is not None:
-            rows.append(row)
+        if manifest_row is not None:
+            rows.append(manifest_row)
     return BuildResult(rows, problems)

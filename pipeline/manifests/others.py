@@ -86,7 +86,7 @@ def build_radchest(cfg: RadChestManifestConfig) -> BuildResult:
         if mapped is None:
             continue
         patient, scan, recon = _group_ids(vid)
-        row = make_row(
+        manifest_row = make_row(
             problems,
             str(path),
             None,
@@ -100,8 +100,8 @@ def build_radchest(cfg: RadChestManifestConfig) -> BuildResult:
             spacing=sp,
             orientation=cfg.orientation,
         )
-        if row is not None:
-            rows.append(row)
+        if manifest_row is not None:
+            rows.append(manifest_row)
     return BuildResult(rows, problems)
 
 
@@ -122,7 +122,7 @@ def build_generic(cfg: GenericManifestConfig) -> BuildResult:
         if labels is None:
             continue
         patient, scan, recon = _group_ids(vid)
-        row = make_row(
+        manifest_row = make_row(
             problems,
             str(path),
             None,
@@ -137,6 +137,6 @@ def build_generic(cfg: GenericManifestConfig) -> BuildResult:
             labels=labels,
             cxr_path=(row.values.get("CXRPath") or None),
         )
-        if row is not None:
-            rows.append(row)
+        if manifest_row is not None:
+            rows.append(manifest_row)
     return BuildResult(rows, problems)

@@ -88,3 +88,27 @@ def test_preprocess_ct_errors_name_the_file():
     cfg = type("C", (), {"preprocess": _cfg((4, 4, 4))})()
     with pytest.raises(ValueError, match="broken.nii.gz: expected a 3-D"):
         preprocess_ct(vol, cfg)
+
+
+def test_csv_spacing_decides_truncation_like_the_official_loader():
+    """500 slices of 0.6 mm: the official loader (CSV, float64) keeps int(500 * 0.4) = 199 slices at 1.5 mm;
+    the header's float32 0.6000000238 would give 200. With the manifest's CSV spacing we give 199 too."""
+    from pipeline.ctclip.preprocess import csv_spacing_or_header
+
+    header_z = float(np.float32(0.6))
+    assert resampled_shape((2, 2, 500), (1.5, 1.5, header_z), (1.5, 1.5, 1.5))[2] == 200
+    assert resampled_shape((2, 2, 500), (1.5, 1.5, 0.6), (1.5, 1.5, 1.5))[2] == 199  # 500 * (0.6 / 1.5) in float64
+    vol = CTVolume(
+        hu=np.zeros((2, 2, 500), np.float32),
+        affine=np.diag([-1.5, -1.5, header_z, 1.0]),
+        source="z06.nii.gz",
+        hu_scaling="header",
+        air_hu=None,
+    )
+    cfg = type("C", (), {"preprocess": _cfg((2, 2, 240), (1.5, 1.5, 1.5))})()
+    content = lambda out: int((out[0, :, 0, 0] != -1.0).sum())  # noqa: E731 (slices that are not padding)
+    assert content(preprocess_ct(vol, cfg)) == 200
+    assert content(preprocess_ct(vol, cfg, csv_spacing=(1.5, 1.5, 0.6))) == 199
+    # A CSV that does not describe these axes (another order, another volume) is not used.
+    assert csv_spacing_or_header((0.75, 0.75, 1.5), (1.5, 0.75, 0.75)) == (0.75, 0.75, 1.5)
+    assert csv_spacing_or_header((0.75, 0.75, 1.5), None) == (0.75, 0.75, 1.5)

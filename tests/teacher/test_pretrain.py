@@ -1,0 +1,129 @@
+"""pretrain-ctclip on tiny inputs: run folder, export loadable by embed-ct, exact resume, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.ctclip.checkpoint import load_ctclip
+from pipeline.ctclip.text import load_tokenizer, report_text, tokenize
+from schemas.pretrain import PretrainConfig
+from tests.helpers.embed_data import build_inputs
+from trainer.teacher import data as tdata
+from trainer.teacher.pretrain import PretrainRunError, Trainer, run_pretrain
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pre")
+    train = build_inputs(root / "train", n_scans=6, recons=2, bad=True, seed=1)
+    valid = build_inputs(root / "valid", n_scans=4, recons=1, seed=2)
+    return train, valid
+
+
+def _cfg(inputs, out, **kw):
+    train, valid = inputs
+    base = dict(
+        manifest=train.manifest,
+        valid_manifest=valid.manifest,
+        tokenizer=train.tokenizer,
+        out=out,
+        model="tiny",
+        epochs=2,
+        batch_size=2,
+        warmup_steps=2,
+        checkpoint_every=1,
+        threads=1,
+        progress=False,
+    )
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def test_sentence_tokens_joined_equal_the_tokenized_report(inputs):
+    train, _ = inputs
+    tok = load_tokenizer(train.tokenizer)
+    for row in train.rows:
+        text = report_text(row.findings, row.impressions)
+        parts = tdata.split_sentences(text) or [""]
+        ids = tdata.text_ids(tok(parts, add_special_tokens=False)["input_ids"], tok.cls_token_id, tok.sep_token_id, 64)
+        assert ids == tokenize(tok, [text], max_length=64)[0][0].tolist()
+
+
+@pytest.fixture(scope="module")
+def finished(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = run_pretrain(_cfg(inputs, out))
+    return out, result
+
+
+def test_run_folder_and_export_load_into_embed_ct(finished, inputs):
+    out, result = finished
+    for name in ("config.json", "out.log", "metrics.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {x["split"] for x in lines} == {"train", "valid"}
+    assert [x["epoch"] for x in lines if x["split"] == "valid"] == [0, 1]
+    # The truncated and the too-small volume are left out and recorded; the rest trained.
+    failures = json.loads((out / "volumes" / "train.json").read_text())["failures"]
+    assert len(failures) == 2
+    # The export is a plain state dict that loads strictly with its own config, and holds the best weights.
+    model = load_ctclip(result.export / "ctclip.pt", cfg=str(result.export / "model_config.json"))
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best["model"][k]), k
+    assert (result.export / "vocab.txt").read_text() == (inputs[0].tokenizer / "vocab.txt").read_text()
+    assert json.loads((result.export / "provenance.json").read_text())["step"] == best["step"]
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(finished, inputs, tmp_path, monkeypatch):
+    out_ref, _ = finished
+    out = tmp_path / "run"
+    original = Trainer.train_step
+
+    def crash_at_step_3(self, rows):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return original(self, rows)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(_cfg(inputs, out))
+    monkeypatch.setattr(Trainer, "train_step", original)
+    run_pretrain(_cfg(inputs, out))
+    ref = torch.load(out_ref / "checkpoints" / "latest.pt", weights_only=True)
+    got = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    assert got["step"] == ref["step"]
+    for k, v in ref["model"].items():
+        assert torch.equal(got["model"][k], v), k
+    # metrics.jsonl was cut back at the checkpoint, so no line is doubled.
+    strip = lambda p: [(x["step"], x["split"]) for x in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert strip(out) == strip(out_ref)
+
+
+def test_other_settings_on_the_same_folder_are_refused(finished, inputs):
+    out, _ = finished
+    with pytest.raises(PretrainRunError, match="lr"):
+        run_pretrain(_cfg(inputs, out, lr=0.5))
+
+
+def test_cli_names_a_missing_vocabulary(inputs, tmp_path):
+    train, _ = inputs
+    res = CliRunner().invoke(
+        app,
+        [
+            "pretrain-ctclip",
+            "--manifest",
+            str(train.manifest),
+            "--tokenizer",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert res.exit_code == 2
+    assert "vocab.txt" in res.output

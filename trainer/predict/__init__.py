@@ -1,0 +1,1 @@
+"""Zero-shot scores for real radiographs (DICOM, PNG, JPEG) from a trained run."""

@@ -1,0 +1,81 @@
+"""Zero-shot scoring of latents against label prompts, and AUROC per label.
+
+For each label the score of a latent ``z`` is the softmax weight of the positive
+prompt in the pair (positive, negative): ``sigmoid(s * (z.p - z.n))`` with ``s``
+the logit scale; a prompt set with several texts per label (an ensemble) uses the
+normalised mean of their latents for ``p`` and ``n``. AUROC is over the rows whose
+label is known, for labels with both classes present; a macro average is the mean
+over the labels that have an AUROC.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from schemas.embed import LABEL_MISSING
+from schemas.labels import CT_RATE_LABELS
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts: list[str]) -> np.ndarray:
+    from pipeline.ctclip.text import tokenize
+
+    ids, mask = tokenize(tokenizer, texts, max_length=model.cfg.text.max_length)
+    return model.encode_text(ids, mask).float().numpy()
+
+
+def prompt_latents(model, tokenizer, sets: dict[str, dict[str, list[list[str]]]]) -> dict[str, dict[str, np.ndarray]]:
+    """set -> {"positive": (18, D), "negative": (18, D)} unit vectors (ensembles averaged, then normalised)."""
+    out = {}
+    for name, sides in sets.items():
+        out[name] = {}
+        for side, per_label in sides.items():
+            rows = []
+            for texts in per_label:
+                z = encode_texts(model, tokenizer, texts).mean(axis=0)
+                rows.append(z / max(np.linalg.norm(z), 1e-12))
+            out[name][side] = np.stack(rows).astype(np.float32)
+    return out
+
+
+def scores(latents: np.ndarray, positive: np.ndarray, negative: np.ndarray, logit_scale: float) -> np.ndarray:
+    """(N, D) latents -> (N, 18) probabilities of the positive prompt."""
+    z = torch.from_numpy(np.asarray(latents, np.float32))
+    diff = z @ torch.from_numpy(positive).T - z @ torch.from_numpy(negative).T
+    return torch.sigmoid(logit_scale * diff).numpy()
+
+
+def auroc_per_label(score: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """label -> AUROC (None where the known rows hold only one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float | None] = {}
+    for j, name in enumerate(CT_RATE_LABELS):
+        known = labels[:, j] != LABEL_MISSING
+        y = labels[known, j]
+        out[name] = float(roc_auc_score(y, score[known, j])) if 0 < y.sum() < len(y) else None
+    return out
+
+
+def macro(per_label: dict[str, float | None], names: list[str] | None = None) -> float:
+    vals = [v for k, v in per_label.items() if v is not None and (names is None or k in names)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def linear_probe_auroc(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+) -> dict[str, float | None]:
+    """A supervised reference: one L2-regularised logistic regression per label on the latents."""
+    from sklearn.linear_model import LogisticRegression
+
+    probs = np.full((len(test_x), len(CT_RATE_LABELS)), 0.5)
+    for j in range(len(CT_RATE_LABELS)):
+        known = train_y[:, j] != LABEL_MISSING
+        y = train_y[known, j]
+        if 0 < y.sum() < len(y):
+            clf = LogisticRegression(C=1.0, max_iter=2000).fit(train_x[known], y)
+            probs[:, j] = clf.predict_proba(test_x)[:, 1]
+    return auroc_per_label(probs, test_y)

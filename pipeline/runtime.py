@@ -184,9 +184,13 @@ class _TqdmSafeHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool | None = None) -> None:
     """The command line's console: INFO (DEBUG with ``verbose``) and above on stderr, the
-    message alone. Idempotent."""
+    message alone. Idempotent; ``verbose=None`` keeps the level an earlier call chose (the
+    root command's ``--verbose``), INFO if there was none."""
+    if verbose is None:
+        earlier = [h for h in logging.getLogger(LOGGERS[0]).handlers if h.get_name() == "x2ct-console"]
+        verbose = bool(earlier) and earlier[0].level <= logging.DEBUG
     handler = _TqdmSafeHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)

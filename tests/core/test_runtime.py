@@ -64,3 +64,22 @@ def test_output_lock_refuses_a_second_writer_and_is_released(tmp_path):
                 pass
     with output_lock(out, "embed-ct"):  # released
         pass
+
+
+def test_a_later_setup_keeps_the_verbose_level_of_the_command_line(capsys):
+    import logging
+
+    from pipeline.runtime import setup_logging
+
+    log = logging.getLogger("pipeline.test_runtime")
+    try:
+        setup_logging(verbose=True)  # the root command's --verbose
+        setup_logging()  # a command that sets up logging again, without an opinion
+        log.debug("detail")
+        assert capsys.readouterr().err == "detail\n"
+        setup_logging(verbose=False)
+        log.debug("hidden")
+        log.info("shown")
+        assert capsys.readouterr().err == "shown\n"
+    finally:
+        setup_logging(verbose=False)

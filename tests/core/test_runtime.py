@@ -83,3 +83,17 @@ def test_a_later_setup_keeps_the_verbose_level_of_the_command_line(capsys):
         assert capsys.readouterr().err == "shown\n"
     finally:
         setup_logging(verbose=False)
+
+
+def test_refuse_non_folder_leaves_files_and_links_alone(tmp_path):
+    from pipeline.runtime import NotAFolderError, refuse_non_folder
+
+    refuse_non_folder(tmp_path / "new", "a Zarr store")  # absent: fine
+    (tmp_path / "folder").mkdir()
+    refuse_non_folder(tmp_path / "folder", "a Zarr store")  # a folder: fine
+    (tmp_path / "file").write_text("precious")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for name in ("file", "dangling"):
+        with pytest.raises(NotAFolderError, match=f"{name} exists and is not a folder \\(a Zarr store is one\\)"):
+            refuse_non_folder(tmp_path / name, "a Zarr store")
+    assert (tmp_path / "file").read_text() == "precious"

@@ -56,7 +56,10 @@ class QuantizerLearning:
 
 
 class _Codebook(nn.Module):
-    embed: torch.Tensor  # a buffer (1, codebook_size, dim)
+    # buffers, as the official VectorQuantize names them
+    initted: torch.Tensor  # (1,)
+    cluster_size: torch.Tensor  # (1, codebook_size)
+    embed: torch.Tensor  # (1, codebook_size, dim)
 
     def __init__(self, dim: int, codebook_size: int):
         super().__init__()

@@ -12,6 +12,7 @@ import typer
 from pipeline._version import __version__
 from pipeline.ctclip.cli import ctclip_app
 from pipeline.ctclip.pretrain_cli import pretrain_ctclip
+from pipeline.demo_cli import demo
 from pipeline.drr.cli import preview, simulate_drr
 from pipeline.embed.cli import embed_ct
 from pipeline.eval_cli import evaluate, fewshot, predict
@@ -38,8 +39,12 @@ def _root(
     version: bool | None = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show DEBUG messages too (the <out>.log has them)."),
 ) -> None:
     """X2CT-CLIP pipeline: manifests, synthetic data, DRRs, CT-CLIP embeddings, training."""
+    from pipeline.runtime import setup_logging
+
+    setup_logging(verbose)
 
 
 app.add_typer(manifest_app, name="manifest")
@@ -52,6 +57,7 @@ app.command("evaluate")(evaluate)
 app.command("fewshot")(fewshot)
 app.command("predict")(predict)
 app.command("pretrain-ctclip")(pretrain_ctclip)
+app.command("demo")(demo)
 
 
 @app.command(

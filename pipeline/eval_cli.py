@@ -114,9 +114,9 @@ def fewshot(
     )  # fmt: skip
     result = run_fewshot(cfg)
     for r in result["summary"]:
-        typer.echo(
-            f"{r['encoder']:<48} {100 * r['fraction']:>6g}%  macro AUROC {r['auroc_macro_mean']} (sd {r['auroc_macro_std']})"
-        )
+        mean, sd = r["auroc_macro_mean"], r["auroc_macro_std"]
+        shown = "undefined" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" (sd {sd:.3f})")
+        typer.echo(f"{r['encoder']:<48} {100 * r['fraction']:>6g}%  macro AUROC {shown}")
     typer.echo(f"{cfg.out}: fewshot.csv, fewshot_summary.csv, fewshot.json, fewshot.png")
 
 

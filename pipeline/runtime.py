@@ -12,6 +12,7 @@
 * :func:`setup_logging` / :func:`log_to_file`: modules log through
   ``logging.getLogger(__name__)``; the command line shows INFO and above on stderr and a
   run writes everything (DEBUG too) to a log file beside its output.
+* :class:`RunSummary`: what one run of a stage did, the same shape for every stage.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from schemas.errors import PipelineError
 
@@ -135,19 +138,48 @@ def remove_temporaries(final: str | Path) -> None:
                 p.unlink(missing_ok=True)
 
 
+# ---- run summary ---------------------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    """What one run of a stage did. ``extras`` holds the stage's own figures (timings, memory)."""
+
+    total: int  # items of the input (manifest rows)
+    done_before: int  # finished by earlier runs, kept
+    done: int = 0  # finished by this run
+    failed: int = 0  # failed in this run
+    failures: dict[str, str] = field(default_factory=dict)  # item -> reason, failed items the output records
+    wall_s: float = 0.0
+    stopped_early: bool = False  # more failures than --max-failures: stopped, finished items kept
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (
+            f"{self.done} done, {self.failed} failed in this run ({self.wall_s:.1f} s); "
+            f"{self.done_before} done before; {self.total} items"
+        )
+
+    def log_failures(self, logger: logging.Logger, most: int = 10) -> None:
+        """The first ``most`` failures, one line each, then how many more."""
+        for item, reason in list(self.failures.items())[:most]:
+            logger.warning("  %s: %s", item, reason)
+        if len(self.failures) > most:
+            logger.warning("  ... and %d more", len(self.failures) - most)
+
+
 # ---- logging -------------------------------------------------------------------------------------------------------
 LOGGERS = ("pipeline", "trainer", "schemas", "bench")
 _FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _TqdmSafeHandler(logging.StreamHandler):
-    """Writes through ``tqdm.write`` so a message never tears a progress bar."""
+class _TqdmSafeHandler(logging.Handler):
+    """Writes to the current ``sys.stderr`` through ``tqdm.write``, so a message never tears a
+    progress bar (and a test runner's capture of stderr sees it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # logging must never raise
             self.handleError(record)
 
@@ -155,7 +187,7 @@ class _TqdmSafeHandler(logging.StreamHandler):
 def setup_logging(verbose: bool = False) -> None:
     """The command line's console: INFO (DEBUG with ``verbose``) and above on stderr, the
     message alone. Idempotent."""
-    handler = _TqdmSafeHandler(sys.stderr)
+    handler = _TqdmSafeHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler.set_name("x2ct-console")
@@ -167,10 +199,20 @@ def setup_logging(verbose: bool = False) -> None:
         logger.propagate = False
 
 
+def log_path(out: str | Path) -> Path:
+    """``<out>.log``: where a stage's run appends its full log, beside its output. A stage
+    starts it once the output is accepted (locked and checked), so a refused run leaves
+    nothing beside an ``--out`` that is not its own."""
+    out = Path(out)
+    return out.with_name(out.name + ".log")
+
+
 @contextmanager
 def log_to_file(path: str | Path) -> Iterator[Path]:
     """Append everything the project logs (DEBUG and above, timestamped) to ``path`` while
-    the block runs, e.g. ``<out>.log`` beside a store or ``out.log`` in a run folder."""
+    the block runs, e.g. ``<out>.log`` beside a store or ``out.log`` in a run folder. An
+    exception that ends the block is written there too (the console shows it once, from the
+    command line), with its traceback unless it is an expected :class:`PipelineError`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -182,7 +224,28 @@ def log_to_file(path: str | Path) -> Iterator[Path]:
         logger.addHandler(handler)
     try:
         yield path
+    except BaseException as e:
+        exc_info = None if isinstance(e, PipelineError) else (type(e), e, e.__traceback__)
+        handler.handle(logging.LogRecord(__name__, logging.ERROR, __file__, 0, "error: %s", (e,), exc_info))
+        raise
     finally:
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(handler)
         handler.close()
+
+
+def connect_scheduler(address: str):
+    """A ``distributed.Client`` on a running scheduler (``--scheduler``), or a one-line error naming it.
+
+    distributed raises OSError (no answer within ``distributed.comm.timeouts.connect``, 30 s by
+    default), TimeoutError or ValueError (a malformed address); any of them means the run cannot
+    start, which is an input problem, not a bug."""
+    from distributed import Client
+
+    try:
+        return Client(address)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise PipelineError(
+            f"cannot reach the Dask scheduler at {address!r} ({type(e).__name__}: {e}); start it "
+            "(`dask scheduler`) or check the address, or leave --scheduler out for a local cluster"
+        ) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StageConfig
 from schemas.drr import View
@@ -16,11 +16,19 @@ Checkpoint = str  # "best", "latest" or a path
 
 class EvaluateConfig(StageConfig):
     run: Path = Field(description="Training run directory (train's --out).")
-    drr: Path = Field(description="simulate-drr store of the split to evaluate.")
-    embeddings: Path = Field(description="embed-ct cache of the same split (CT and report latents, prompts).")
+    drr: Path | None = Field(default=None, description="simulate-drr store of the split to evaluate.")
+    embeddings: Path | None = Field(
+        default=None, description="embed-ct cache of the same split (CT and report latents, prompts)."
+    )
+    cxr_manifest: Path | None = Field(
+        default=None,
+        description="Instead of drr + embeddings: a CXR manifest of real radiographs (manifest cxr); zero-shot only.",
+    )
     out: Path = Field(description="Folder for metrics.json, CSV tables, figures and report.html.")
     checkpoint: Checkpoint = Field(default="best", description="'best', 'latest' or a checkpoint file of the run.")
-    views: list[View] = Field(default_factory=lambda: ["pa"], min_length=1, description="Views evaluated, each apart.")
+    views: list[View] = Field(
+        default_factory=lambda: list[View](["pa"]), min_length=1, description="Views evaluated, each apart."
+    )
     labels: list[str] | None = Field(
         default=None, description="Restrict the metrics to these labels (default: the 18, or those the split has)."
     )
@@ -32,6 +40,15 @@ class EvaluateConfig(StageConfig):
     device: Device = "auto"
     overwrite: bool = Field(default=False, description="Replace the files of an existing --out.")
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        simulated = self.drr is not None or self.embeddings is not None
+        if self.cxr_manifest is not None and simulated:
+            raise ValueError("give either drr and embeddings (simulated radiographs) or cxr_manifest, not both")
+        if self.cxr_manifest is None and (self.drr is None or self.embeddings is None):
+            raise ValueError("give drr and embeddings together (or cxr_manifest for real radiographs)")
+        return self
 
 
 class FewshotConfig(StageConfig):

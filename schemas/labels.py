@@ -29,3 +29,13 @@ def radchest_mapping() -> dict[str, tuple[str, ...]]:
 
 CT_RATE_LABELS: tuple[str, ...] = ct_rate_labels()
 N_LABELS: int = len(CT_RATE_LABELS)
+
+
+def check_label_values(v: list[int | None]) -> list[int | None]:
+    """A row's labels: N_LABELS values in CT-RATE order, each 1, 0 or None (not annotated)."""
+    if len(v) != N_LABELS:
+        raise ValueError(f"expected {N_LABELS} labels in CT-RATE order, got {len(v)}")
+    bad = [(CT_RATE_LABELS[i], x) for i, x in enumerate(v) if x not in (0, 1, None)]
+    if bad:
+        raise ValueError(f"labels must be 0, 1 or null; got {bad[:3]}")
+    return v

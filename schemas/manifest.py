@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import InputMissingError, PipelineError
-from schemas.labels import CT_RATE_LABELS, N_LABELS
+from schemas.labels import N_LABELS, check_label_values
 from schemas.provenance import file_sha256
 
 Split = Literal["train", "valid", "test", "external"]
@@ -108,12 +108,7 @@ class ManifestRow(BaseModel):
     @field_validator("labels")
     @classmethod
     def _check_labels(cls, v: list[int | None]) -> list[int | None]:
-        if len(v) != N_LABELS:
-            raise ValueError(f"expected {N_LABELS} labels in CT-RATE order, got {len(v)}")
-        bad = [(CT_RATE_LABELS[i], x) for i, x in enumerate(v) if x not in (0, 1, None)]
-        if bad:
-            raise ValueError(f"labels must be 0, 1 or null; got {bad[:3]}")
-        return v
+        return check_label_values(v)
 
     @field_validator("spacing")
     @classmethod
@@ -181,7 +176,8 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestR
     """
     path = Path(path)
     if not path.is_file():
-        raise InputMissingError(f"manifest {path} does not exist; build one with `x2ct-pipeline manifest ...`")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise InputMissingError(f"manifest {path} {what}; build one with `x2ct-pipeline manifest ...`")
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
     raw = path.read_bytes()
@@ -229,18 +225,24 @@ def storable_line(text: str) -> str:
 
 def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> str:
     """Write rows atomically (temporary file, then rename); returns the manifest sha256."""
+    write_rows_jsonl(rows, path, "volume_id")
+    return manifest_sha256(path)
+
+
+def write_rows_jsonl(rows: Iterable[BaseModel], path: str | Path, id_field: str) -> None:
+    """One JSON object a line, atomically; an existing file is replaced only if it holds such rows
+    (its first line has ``id_field``)."""
     path = Path(path)
-    refuse_foreign_output(path)
+    refuse_foreign_output(path, id_field)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(row.model_dump_json(exclude_none=True) + "\n")
     tmp.replace(path)
-    return manifest_sha256(path)
 
 
-def refuse_foreign_output(path: Path) -> None:
+def refuse_foreign_output(path: Path, id_field: str = "volume_id") -> None:
     """A manifest replaces only a manifest: an existing ``path`` that is a folder, a device, or a
     file whose first line is not a manifest row (a CT, a CSV, a cache) is refused, never overwritten."""
     if not path.exists() and not path.is_symlink():
@@ -250,7 +252,7 @@ def refuse_foreign_output(path: Path) -> None:
     with path.open("rb") as f:
         head = f.read(1 << 16)
     first = next((line for line in head.split(b"\n") if line.strip()), b"")
-    ok = not head.strip() or (first.lstrip().startswith(b"{") and b'"volume_id"' in first)
+    ok = not head.strip() or (first.lstrip().startswith(b"{") and f'"{id_field}"'.encode() in first)
     if not ok:
         raise ManifestError(f"{path} exists and is not a manifest; it is left as it is: choose another --out")
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from schemas.base import StageConfig
 from schemas.ct import CTLoadConfig
 
 
-class PretrainConfig(BaseModel):
+class PretrainConfig(StageConfig):
     """Options of ``x2ct-pipeline pretrain-ctclip``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     manifest: Path = Field(description="Manifest (JSON Lines) of the training CT and report pairs.")
     valid_manifest: Path | None = Field(

@@ -35,30 +35,25 @@ def pretrain_ctclip(
 ) -> None:
     """Train a CT-CLIP (a small config by default) with symmetric InfoNCE; export/ loads into embed-ct."""
     from pipeline.cli_errors import friendly_errors
-    from schemas.errors import PipelineError
 
-    try:
-        friendly_errors(_run)(
-            config,
-            {
-                "manifest": manifest,
-                "tokenizer": tokenizer,
-                "out": out,
-                "valid_manifest": valid_manifest,
-                "model": model,
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-                "report_subset_prob": report_subset_prob,
-                "checkpoint_every": checkpoint_every,
-                "seed": seed,
-                "threads": threads,
-                "progress": progress,
-            },
-        )
-    except PipelineError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(e.exit_code) from None
+    friendly_errors(_run)(
+        config,
+        {
+            "manifest": manifest,
+            "tokenizer": tokenizer,
+            "out": out,
+            "valid_manifest": valid_manifest,
+            "model": model,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "report_subset_prob": report_subset_prob,
+            "checkpoint_every": checkpoint_every,
+            "seed": seed,
+            "threads": threads,
+            "progress": progress,
+        },
+    )
 
 
 def _run(config: Path | None, overrides: dict) -> None:

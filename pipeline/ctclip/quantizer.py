@@ -57,6 +57,7 @@ class QuantizerLearning:
 
 class _Codebook(nn.Module):
     embed: torch.Tensor  # a buffer (1, codebook_size, dim)
+    cluster_size: torch.Tensor  # a buffer (1, codebook_size): EMA of the tokens each code received per step
 
     def __init__(self, dim: int, codebook_size: int):
         super().__init__()
@@ -108,6 +109,7 @@ class VectorQuantizer(nn.Module):
     def _learning_forward(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick codes, update the codebook (EMA, restarts), and pass gradients straight through to ``flat``."""
         learning = self.learning
+        assert learning is not None
         unit = F.normalize(flat, dim=-1)
         with torch.no_grad():
             codes = F.normalize(self.codebook, dim=-1)

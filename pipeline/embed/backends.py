@@ -187,9 +187,9 @@ def _has_bokeh() -> bool:
 
 def make_backend(workers: int, scheduler: str | None, n_gpus: int, model_threads: int | None):
     if scheduler:
-        from distributed import Client
+        from pipeline.runtime import connect_scheduler
 
-        return DaskBackend(Client(scheduler))
+        return DaskBackend(connect_scheduler(scheduler))
     if workers == 0:
         return ThreadBackend()
     from distributed import Client

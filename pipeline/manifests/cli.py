@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
 
 from pipeline.cli_errors import friendly_errors
+
+log = logging.getLogger(__name__)
 
 manifest_app = typer.Typer(
     help="Build a manifest (JSON Lines, one volume a line) from a data folder.", no_args_is_help=True
@@ -15,19 +18,20 @@ manifest_app = typer.Typer(
 CONFIG = typer.Option(None, "--config", help="YAML or JSON file with these options; flags override it.")
 
 
-def _finish(result, out: Path) -> None:
+def _finish(result, out: Path, write=None) -> None:
     from pipeline.manifests.tables import write_problems
-    from schemas.manifest import write_manifest
+    from schemas.manifest import manifest_sha256, write_manifest
 
-    digest = write_manifest(result.rows, out)
+    (write or write_manifest)(result.rows, out)
+    digest = manifest_sha256(out)
     problems_file = write_problems(result.problems, out)
-    typer.echo(f"wrote {len(result.rows)} rows to {out} (sha256 {digest[:12]})")
+    log.info("wrote %d rows to %s (sha256 %s)", len(result.rows), out, digest[:12])
     if problems_file:
-        typer.secho(f"{len(result.problems)} problem(s), listed in {problems_file}:", fg=typer.colors.YELLOW, err=True)
+        log.warning("%d problem(s), listed in %s:", len(result.problems), problems_file)
         for p in result.problems[:10]:
-            typer.echo(f"  {p.line()}", err=True)
+            log.warning("  %s", p.line())
         if len(result.problems) > 10:
-            typer.echo(f"  ... and {len(result.problems) - 10} more", err=True)
+            log.warning("  ... and %d more", len(result.problems) - 10)
 
 
 @manifest_app.command("ct-rate")
@@ -105,3 +109,23 @@ def generic(
 
     cfg = build_config(GenericManifestConfig, config, dict(volumes=volumes, table=table, split=split, out=out))
     _finish(build_generic(cfg), cfg.out)
+
+
+@manifest_app.command("cxr")
+@friendly_errors
+def cxr(
+    images: Path | None = typer.Option(None, help="Folder the table's relative CXRPath values are under."),
+    table: Path | None = typer.Option(
+        None, help="CSV: CXRPath, PatientID, optional ImageID, StudyID, ViewPosition, any of the 18 label columns."
+    ),
+    split: str | None = typer.Option(None, help="Split recorded in the rows (default: external)."),
+    out: Path | None = typer.Option(None, help="CXR manifest to write (.jsonl)."),
+    config: Path | None = CONFIG,
+) -> None:
+    """Real-radiograph set (MIMIC-CT style): image files with CT-derived labels for some of the 18 (others null)."""
+    from pipeline.config_file import build_config
+    from pipeline.manifests.cxr import build_cxr
+    from schemas.cxr import CXRManifestConfig, write_cxr_manifest
+
+    cfg = build_config(CXRManifestConfig, config, dict(images=images, table=table, split=split, out=out))
+    _finish(build_cxr(cfg), cfg.out, write_cxr_manifest)

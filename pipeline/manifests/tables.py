@@ -29,7 +29,7 @@ class Problem:
 
     def line(self) -> str:
         where = self.source + (f" row {self.row}" if self.row is not None else "")
-        return f"{where}: {self.volume_id or '-'}: {self.problem}"
+        return shown(f"{where}: {self.volume_id or '-'}: {self.problem}")  # one printable line
 
 
 @dataclass(frozen=True)

@@ -121,3 +121,18 @@ def test_preview_refuses_bad_out_and_non_stores(drr_set, scheduler, tmp_path):
     assert cli("preview", store, "--out", tmp_path / "ok.png").exit_code == 0
     assert cli("preview", store, "--out", tmp_path / "ok.png").exit_code == 0  # an earlier sheet is replaced
     assert tree_digest(store) == before
+
+
+def test_unreachable_scheduler_is_one_line(drr_set, embed_inputs, tmp_path):
+    import dask
+
+    from tests.faults.conftest import embed_args
+
+    root, rows, _ = drr_set
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        for args in (
+            ["simulate-drr", "--manifest", write_manifest(root, rows), "--out", tmp_path / "d.zarr", *RENDER],
+            embed_args(embed_inputs, tmp_path / "e.h5"),
+        ):
+            res = cli(*args, "--scheduler", "tcp://127.0.0.1:1")
+            assert res.exit_code == 2 and "cannot reach the Dask scheduler at 'tcp://127.0.0.1:1'" in res.error_line

@@ -100,3 +100,33 @@ def test_latin1_config_file_is_one_line(tmp_path):
     cfg.write_bytes("root: /donn\u00e9es\n".encode("latin-1"))
     res = cli("manifest", "ct-rate", "--config", cfg, "--split", "valid", "--out", tmp_path / "m.jsonl")
     assert res.exit_code == 2 and "c.yaml" in res.error_line
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_synth_out_that_is_not_a_folder_is_left_alone(tmp_path, kind):
+    import os
+
+    out = tmp_path / "target"
+    if kind == "file":
+        out.write_text("precious")
+    else:
+        os.mkfifo(out)
+    for extra in ((), ("--overwrite",)):
+        res = cli("synth", "--out", out, "--n", "2", "--size", "32", "--no-progress", *extra)
+        assert res.exit_code == 2 and str(out) in res.error_line and "not a folder" in res.error_line
+    assert kind == "fifo" or out.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+def test_failure_reasons_are_stored_as_one_printable_line(tmp_path):
+    """Whatever an exception message holds (NUL, newlines, a lone surrogate), the stores hold it."""
+    import h5py
+
+    from schemas.manifest import storable_line
+
+    line = storable_line("bad\x00 file\nsecond line\t\ud800 end")
+    assert line == "bad\\x00 file second line \\ud800 end"
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("r", data=[line], dtype=h5py.string_dtype("utf-8"))
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f["r"].asstr()[0] == line

@@ -24,6 +24,7 @@ radiograph beside CT), and ``report.html`` (all of it in one self-contained file
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -58,7 +59,7 @@ def select_labels(y: np.ndarray, label_names: list[str], wanted: list[str] | Non
         unknown = [w for w in wanted if w not in label_names]
         if unknown:
             raise EvaluateError(f"unknown label(s) {unknown}; choose among {label_names}")
-    present = known_mask(y).any(axis=0)
+    present = np.asarray(known_mask(y).any(axis=0))
     cols = [j for j, n in enumerate(label_names) if present[j] and (not wanted or n in wanted)]
     if not cols:
         raise EvaluateError("no label to evaluate: every selected label is unknown for every item of the split")
@@ -93,8 +94,8 @@ def scored_table(
 
 def evaluate_latents(
     x_by_view: dict[str, np.ndarray],
-    ct: np.ndarray,
-    report: np.ndarray,
+    ct: np.ndarray | None,
+    report: np.ndarray | None,
     labels: np.ndarray,
     patient_ids: list[str],
     volume_ids: list[str],
@@ -108,12 +109,16 @@ def evaluate_latents(
     seed: int = 0,
     ks: tuple[int, ...] = (1, 5, 10, 50, 100),
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Every metric of the split; returns (results, probabilities[source][prompt set]) for the figures."""
-    width = ct.shape[1]
+    """Every metric of the split; returns (results, probabilities[source][prompt set]) for the figures.
+
+    Without ``ct`` and ``report`` (a set of real radiographs) there is no CT upper bound and no retrieval.
+    """
+    width = int(next(iter(prompts.values()))["positive"].shape[1])
     for x in x_by_view.values():
-        if x.shape[1] != width:
+        if x.shape[1] != width or (ct is not None and ct.shape[1] != width):
             raise EvaluateError(
-                f"the run's encoder gives {x.shape[1]}-d latents but the cache holds {width}-d CT-CLIP latents; "
+                f"the run's encoder gives {x.shape[1]}-d latents but the cache holds "
+                f"{ct.shape[1] if ct is not None else width}-d CT-CLIP latents; "
                 "evaluate with the cache of the CT-CLIP the run was trained against"
             )
     cols, absent = select_labels(labels, label_names, wanted_labels)
@@ -122,7 +127,8 @@ def evaluate_latents(
     y[~known_mask(labels[:, cols])] = -1
     scale = float(np.exp(temperature))
     sources = {radiograph_source(v): x for v, x in x_by_view.items()}
-    sources[CT_SOURCE] = ct
+    if ct is not None:
+        sources[CT_SOURCE] = ct
     probs: dict[str, dict[str, np.ndarray]] = {}
     zero_shot: dict[str, Any] = {}
     for src, lat in sources.items():
@@ -132,9 +138,11 @@ def evaluate_latents(
             probs[src][pset] = p
             zero_shot[src][pset] = scored_table(y, p, patient_ids, names, threshold, n_resamples, seed)
             log.info("%s / %s: macro AUROC %s", src, pset, zero_shot[src][pset]["macro"]["auroc"]["value"])
-    retrieval = {
-        view: retrieval_table(x, ct, report, volume_ids, scan_ids, y, tuple(ks)) for view, x in x_by_view.items()
-    }
+    retrieval = {}
+    if ct is not None and report is not None:
+        retrieval = {
+            view: retrieval_table(x, ct, report, volume_ids, scan_ids, y, tuple(ks)) for view, x in x_by_view.items()
+        }
     results = {
         "n_items": len(volume_ids),
         "n_scans": len(set(scan_ids)),
@@ -198,10 +206,8 @@ def side_by_side(results: dict[str, Any], metric: str = "auroc") -> tuple[list[s
 
 
 def retrieval_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    keys: list[str] = []
-    for by_dir in results["retrieval"].values():
-        for rec in by_dir.values():
-            keys = [k for k in rec if k not in keys and k not in ("n_queries", "n_gallery")] or keys
+    first: dict[str, Any] = next((rec for by_dir in results["retrieval"].values() for rec in by_dir.values()), {})
+    keys = [k for k in first if k not in ("n_queries", "n_gallery")]
     header = ["view", "direction", "n_queries", "n_gallery", *keys]
     rows = [
         [view, d, rec["n_queries"], rec["n_gallery"], *[rec.get(k) for k in keys]]
@@ -236,9 +242,11 @@ def write_outputs(
     )
     header, rows = side_by_side(results)
     atomic_write_text(out / "zero_shot_auroc.csv", _csv(header, rows))
+    written += [out / n for n in ("metrics.json", "zero_shot.csv", "zero_shot_auroc.csv")]
     r_header, r_rows = retrieval_rows(results)
-    atomic_write_text(out / "retrieval.csv", _csv(r_header, r_rows))
-    written += [out / n for n in ("metrics.json", "zero_shot.csv", "zero_shot_auroc.csv", "retrieval.csv")]
+    if r_rows:
+        atomic_write_text(out / "retrieval.csv", _csv(r_header, r_rows))
+        written.append(out / "retrieval.csv")
 
     names = results["labels_evaluated"]
     cols = [label_names.index(n) for n in names]
@@ -248,9 +256,12 @@ def write_outputs(
     for src in views:
         view = src.removeprefix("radiograph_")
         for pset in probs[src]:
-            pair = {f"radiograph ({view})": probs[src][pset], "CT (upper bound)": probs[CT_SOURCE][pset]}
+            pair = {f"radiograph ({view})": probs[src][pset]}
+            if CT_SOURCE in probs:
+                pair["CT (upper bound)"] = probs[CT_SOURCE][pset]
             for kind in ("roc", "pr"):
-                title = f"{'ROC' if kind == 'roc' else 'Precision-recall'}: {view} radiographs vs CT, prompts {pset}"
+                vs = " vs CT" if CT_SOURCE in probs else ""
+                title = f"{'ROC' if kind == 'roc' else 'Precision-recall'}: {view} radiographs{vs}, prompts {pset}"
                 png = curves_figure(kind, y, pair, names, title)
                 name = f"{kind}_{view}_{pset}.png"
                 atomic_write_bytes(out / name, png)
@@ -273,7 +284,14 @@ def write_outputs(
     )
     if results["labels_absent"]:
         report.paragraph(f"Labels this split does not have (left out): {', '.join(results['labels_absent'])}.")
-    report.heading("Zero-shot AUROC per label: radiographs beside the CT upper bound")
+    if results.get("failed_images"):
+        report.paragraph(
+            f"{len(results['failed_images'])} image(s) could not be read and are left out: "
+            + "; ".join(results["failed_images"][:5])
+        )
+    report.heading(
+        "Zero-shot AUROC per label" + (": radiographs beside the CT upper bound" if CT_SOURCE in probs else "")
+    )
     report.table(header, rows)
     for avg in AVERAGES:
         columns = [(s, p) for s, by_set in results["zero_shot"].items() for p in by_set]
@@ -282,13 +300,14 @@ def write_outputs(
             [[m, *[_interval_text(results["zero_shot"][s][p][avg][m]) for s, p in columns]] for m in METRICS],
             caption=f"{avg} average",
         )
-    report.heading("Retrieval")
-    report.paragraph(
-        "Recall@K: the relevant item among the K most similar (X<->C: the volume's own CT; X<->R: the scan's report, "
-        "each report once per scan). MAP@K: mean Jaccard overlap of positive labels between the query and its K "
-        "most similar gallery items. C->R and R->C are CT-CLIP's own, for reference."
-    )
-    report.table(r_header, r_rows)
+    if r_rows:
+        report.heading("Retrieval")
+        report.paragraph(
+            "Recall@K: the relevant item among the K most similar (X<->C: the volume's own CT; X<->R: the scan's report, "
+            "each report once per scan). MAP@K: mean Jaccard overlap of positive labels between the query and its K "
+            "most similar gallery items. C->R and R->C are CT-CLIP's own, for reference."
+        )
+        report.table(r_header, r_rows)
     report.heading("Curves")
     for _, png, title in figures:
         report.figure(png, caption=title)
@@ -298,6 +317,10 @@ def write_outputs(
 
 
 # ---- the command ----------------------------------------------------------------------------------------------------
+
+
+def read_view(split, view: int, item: int) -> np.ndarray:
+    return split.read_image(item, view)
 
 
 def run_evaluate(cfg) -> dict[str, Any]:
@@ -314,12 +337,16 @@ def run_evaluate(cfg) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     with output_lock(out, "evaluate"):
         run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=device)
+        if cfg.cxr_manifest is not None:
+            from trainer.evaluation.external import evaluate_cxr_set
+
+            return evaluate_cxr_set(run, cfg, device)
         split = join_split(cfg.drr, cfg.embeddings, list(cfg.views))
         check_teacher(run, split.latent_dim, split.identity["cache"].get("checkpoint_sha256"), Path(cfg.embeddings))
         x_by_view = {}
         for v, view in enumerate(split.views):
             x_by_view[view] = encode_store_items(
-                run.encoder, run.eval_transform, lambda i, v=v: split.read_image(i, v), range(len(split)),
+                run.encoder, run.eval_transform, functools.partial(read_view, split, v), range(len(split)),
                 cfg.batch_size, device, cfg.progress, desc=f"encoding {view}",
             )  # fmt: skip
         results, probs = evaluate_latents(

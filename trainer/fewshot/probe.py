@@ -119,6 +119,7 @@ def fit_probe(
             waited += 1
             if waited >= settings.patience:
                 break
+    assert best_state is not None  # max_epochs >= 1 and the first epoch always improves on inf
     probe.load_state_dict(best_state)
     return probe.eval(), {"best_epoch": best_epoch, "epochs_run": epoch + 1, "best_val_loss": best_loss}
 

@@ -14,6 +14,7 @@ training fraction).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from schemas.errors import PipelineError
+from trainer.evaluation.stage import read_view
 from trainer.fewshot.probe import ProbeSettings, fewshot_rows, summarise
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ def run_fewshot(cfg) -> dict[str, Any]:
                 s: encode_store_items(
                     encoder,
                     run.eval_transform,
-                    lambda i, sp=sp: sp.read_image(i, 0),
+                    functools.partial(read_view, sp, 0),
                     range(len(sp)),
                     cfg.batch_size,
                     device,

@@ -72,7 +72,7 @@ def predict_files(
     if prompt_set not in run.prompts:
         raise PredictError(f"the run has no prompt set {prompt_set!r} (has {sorted(run.prompts)}); choose one of them")
     if cache is not None:
-        check_teacher(run, cache.ct.shape[1], cache.identity.checkpoint_sha256, cache_path)
+        check_teacher(run, cache.ct.shape[1], cache.identity.checkpoint_sha256, cache_path or Path("(cache)"))
         gallery = l2_normalise(cache.ct)
     rows: list[dict[str, Any]] = []
     readable: list[tuple[int, Radiograph]] = []
@@ -85,7 +85,7 @@ def predict_files(
             readable.append((len(rows), rg))
         except RadiographError as e:
             row.update(status="error", error=str(e))
-            log.warning("%s", e)
+            log.debug("%s", e)  # the row says it; the command lists the first failures
         rows.append(row)
     pos, neg = run.prompts[prompt_set]["positive"], run.prompts[prompt_set]["negative"]
     for start in range(0, len(readable), batch_size):

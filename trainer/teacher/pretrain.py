@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from schemas.errors import PipelineError
 from schemas.pretrain import PretrainConfig
+from trainer.evaluation.zeroshot import zero_shot_probabilities
 from trainer.teacher import data as tdata
 from trainer.teacher import zeroshot
 from trainer.teacher.labels import REPORT_VOCAB, prompt_sets, visible_labels
@@ -64,7 +66,14 @@ def resolved_model_config(cfg: PretrainConfig, vocab_tokens: int):
 
 
 def _vocab_tokens(folder: Path) -> int:
-    with (folder / "vocab.txt").open(encoding="utf-8") as f:
+    vocab = folder / "vocab.txt"
+    if not vocab.is_file():
+        from schemas.errors import InputMissingError
+
+        raise InputMissingError(
+            f"{folder}: no vocab.txt in the tokenizer folder; build one with `x2ct-pipeline ctclip vocab`"
+        )
+    with vocab.open(encoding="utf-8") as f:
         return sum(1 for _ in f)
 
 
@@ -90,8 +99,8 @@ class Trainer:
 
         self.cfg = cfg
         self.out = cfg.out
+        self.tokenizer = load_tokenizer(cfg.tokenizer)  # refuses a folder without a usable vocab.txt
         self.model_cfg = resolved_model_config(cfg, _vocab_tokens(cfg.tokenizer))
-        self.tokenizer = load_tokenizer(cfg.tokenizer, vocab_size=self.model_cfg.text.vocab_size)
         torch.manual_seed(cfg.seed)
         self.model = CTCLIP(self.model_cfg)
         with torch.no_grad():
@@ -102,7 +111,8 @@ class Trainer:
                 decay=cfg.vq_decay, commitment_weight=cfg.vq_commitment, dead_code_threshold=cfg.vq_dead_code_threshold
             )
         )
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "temperature" in name else decay).append(p)
         self.optimizer = torch.optim.AdamW(
@@ -268,18 +278,22 @@ class Trainer:
         # InfoNCE over the whole valid set, one reconstruction per scan (as in training batches).
         rows = [g[0] for g in self.valid.scan_groups()]
         loss = float(info_nce(torch.from_numpy(ct[rows]), torch.from_numpy(text[rows]), torch.tensor(scale)))
-        record = {"loss": loss}
+        record: dict[str, Any] = {"loss": loss}
         lat = zeroshot.prompt_latents(self.model, self.tokenizer, self.prompts)
         seen = visible_labels()
         for name, p in lat.items():
-            per = zeroshot.auroc_per_label(zeroshot.scores(ct, p["positive"], p["negative"], scale), self.valid.labels)
+            per = zeroshot.auroc_per_label(
+                zero_shot_probabilities(ct, p["positive"], p["negative"], scale), self.valid.labels
+            )
             record[f"zeroshot_all/{name}"] = zeroshot.macro(per)
             record[f"zeroshot_visible/{name}"] = zeroshot.macro(per, seen)
             if name == REPORT_VOCAB:
                 record["per_label"] = per
         # The held-out reports' own latents against the prompts: what the text side alone can do.
         p = lat[REPORT_VOCAB]
-        per = zeroshot.auroc_per_label(zeroshot.scores(text, p["positive"], p["negative"], scale), self.valid.labels)
+        per = zeroshot.auroc_per_label(
+            zero_shot_probabilities(text, p["positive"], p["negative"], scale), self.valid.labels
+        )
         record["report_zeroshot_visible"] = zeroshot.macro(per, seen)
         return record
 

@@ -1,9 +1,9 @@
-"""Zero-shot scoring of latents against label prompts, and AUROC per label.
+"""Prompt latents (with per-label ensembles), AUROC per label and linear probes, for the teacher's
+validation and the demo's summary.
 
-For each label the score of a latent ``z`` is the softmax weight of the positive
-prompt in the pair (positive, negative): ``sigmoid(s * (z.p - z.n))`` with ``s``
-the logit scale; a prompt set with several texts per label (an ensemble) uses the
-normalised mean of their latents for ``p`` and ``n``. AUROC is over the rows whose
+Scores are :func:`trainer.evaluation.zeroshot.zero_shot_probabilities` (the softmax weight
+of the positive prompt); a prompt set with several texts per label (an ensemble) uses the
+normalised mean of their latents as the label's prompt. AUROC is over the rows whose
 label is known, for labels with both classes present; a macro average is the mean
 over the labels that have an AUROC.
 """
@@ -29,7 +29,7 @@ def encode_texts(model, tokenizer, texts: list[str]) -> np.ndarray:
 
 def prompt_latents(model, tokenizer, sets: dict[str, dict[str, list[list[str]]]]) -> dict[str, dict[str, np.ndarray]]:
     """set -> {"positive": (18, D), "negative": (18, D)} unit vectors (ensembles averaged, then normalised)."""
-    out = {}
+    out: dict[str, dict[str, np.ndarray]] = {}
     for name, sides in sets.items():
         out[name] = {}
         for side, per_label in sides.items():
@@ -39,13 +39,6 @@ def prompt_latents(model, tokenizer, sets: dict[str, dict[str, list[list[str]]]]
                 rows.append(z / max(np.linalg.norm(z), 1e-12))
             out[name][side] = np.stack(rows).astype(np.float32)
     return out
-
-
-def scores(latents: np.ndarray, positive: np.ndarray, negative: np.ndarray, logit_scale: float) -> np.ndarray:
-    """(N, D) latents -> (N, 18) probabilities of the positive prompt."""
-    z = torch.from_numpy(np.asarray(latents, np.float32))
-    diff = z @ torch.from_numpy(positive).T - z @ torch.from_numpy(negative).T
-    return torch.sigmoid(logit_scale * diff).numpy()
 
 
 def auroc_per_label(score: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:

@@ -147,14 +147,9 @@ def _ctclip_argv(c: Ctx):
 
 
 def _scaling_argv(c: Ctx):
-    return _py(
-        "bench_scaling.py",
-        "--out",
-        c.work / "scaling",
-        "--json",
-        c.work / "scaling.json",
-        *(["--quick"] if c.quick else []),
-    )
+    # Full-size volumes against workers are drr_stage's table (6 volumes, 1 and 2 workers).
+    args = ["--out", c.work / "scaling", "--json", c.work / "scaling.json", "--full-n", 0]
+    return _py("bench_scaling.py", *args, *(["--quick"] if c.quick else []))
 
 
 def _profile_argv(c: Ctx):

@@ -128,6 +128,11 @@ def test_validation_and_the_run_directory(chain, tmp_path, one_thread):
     assert again.exit_code == 2 and "already holds a run" in again.output
     other = runner.invoke(app, ["train", *args(cfg.model_copy(update={"lr": 1e-3})), "--resume"])
     assert other.exit_code == 2 and "lr: checkpoint 5e-05, now 0.001" in other.output, other.output
+    # a moved run directory still resumes (paths are not part of a run's identity); finished: no step
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    train(cfg.model_copy(update={"out": moved, "resume": True}))
+    assert torch.load(moved / "checkpoints" / "latest.pt", weights_only=True)["step"] == 6
 
 
 KILLER = """

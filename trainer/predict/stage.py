@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.runtime import atomic_write_text
-from schemas.errors import PipelineError
+from schemas.errors import ItemsFailedError, PipelineError
 from trainer.encode import encode_images
 from trainer.evaluation.zeroshot import l2_normalise, zero_shot_probabilities
 from trainer.predict.radiograph import Radiograph, RadiographError, read_radiograph
@@ -159,4 +159,8 @@ def run_predict(cfg) -> list[dict[str, Any]]:
     )
     meta = {"run": str(cfg.run), "checkpoint": str(cfg.checkpoint), "prompt_set": cfg.prompt_set}
     write_rows(rows, cfg.out, list(run.label_names), meta)
+    if not any(r["status"] == "ok" for r in rows):
+        raise ItemsFailedError(
+            f"no radiograph could be scored ({rows[0]['error']}); every row of {cfg.out} is an error"
+        )
     return rows

@@ -147,14 +147,9 @@ def _ctclip_argv(c: Ctx):
 
 
 def _scaling_argv(c: Ctx):
-    return _py(
-        "bench_scaling.py",
-        "--out",
-        c.work / "scaling",
-        "--json",
-        c.work / "scaling.json",
-        *(["--quick"] if c.quick else []),
-    )
+    # Full-size volumes against workers are drr_stage's table (6 volumes, 1 and 2 workers).
+    args = ["--out", c.work / "scaling", "--json", c.work / "scaling.json", "--full-n", 0]
+    return _py("bench_scaling.py", *args, *(["--quick"] if c.quick else []))
 
 
 def _profile_argv(c: Ctx):
@@ -304,15 +299,22 @@ def project_ct_rate(run: dict) -> dict | None:
     try:
         load = next(f for f in jobs["load_ct"]["result"]["files"] if f["shape"][:2] == [512, 512])
         stage = jobs["drr_stage"]["result"]["workers_2"]
-        embed = jobs["embed"]["result"]
     except (KeyError, StopIteration):
         return None
-    if embed.get("model") != "official":
+    embed = jobs.get("embed", {}).get("result", {})
+    prof = jobs.get("profile", {}).get("result", {}).get("stages", {}).get("embed-ct (official encoder, fp32)", {})
+    if embed.get("model") == "official":
+        embed_decode = embed["decode_s"]  # load + CT-CLIP preprocessing, one core
+        model = embed["model_s"] * embed.get("model_threads", 1)  # core-seconds of one fp32 forward
+    elif "forward" in prof:  # the profile's single-thread parts of the same work
+        embed_decode, model = (
+            prof["decode"] + prof["preprocess"],
+            prof["forward"] * jobs["profile"]["result"]["threads"],
+        )
+    else:
         return None
     decode = load["median_s"]["load_ct"]  # one full-size volume, one core
     drr = stage["cone_pa_lateral_cpu_per_volume_s"]  # load + PA + lateral 512, one core
-    embed_decode = embed["decode_s"]  # load + CT-CLIP preprocessing, one core
-    model = embed["model_s"] * embed.get("model_threads", 1)  # core-seconds of one fp32 forward
     n = CT_RATE_VOLUMES
     rows = {}
     gpu_cpu = n * (decode + embed_decode) / SERVER_CORES / 3600

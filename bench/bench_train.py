@@ -274,6 +274,11 @@ def run(quick: bool, out: Path | None = None, threads: int = 1) -> dict:
     cached = student + lookup
     online = student + teacher["ct_s"] + teacher["text_s"]
     r["online_over_cached_per_step"] = round(online / cached, 1)
+    if bf16:  # the same teacher against the bf16 student step of this run
+        student_bf16 = 1.0 / r["step_swin-t_bf16_images_per_s"]
+        r["online_over_cached_per_step_bf16_student"] = round(
+            (student_bf16 + teacher["ct_s"] + teacher["text_s"]) / (student_bf16 + lookup), 1
+        )
     r["load_after"] = load()
     return r
 

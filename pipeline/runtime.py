@@ -41,14 +41,31 @@ def lock_path(out: Path) -> Path:
     return out.with_name(out.name + ".lock")
 
 
+class NotAFolderError(PipelineError):
+    """An output that is a folder would replace a file, device or link of the same name."""
+
+
+def refuse_non_folder(out: str | Path, what: str) -> None:
+    """An existing file, device or broken link at a folder output ``out`` is left alone; call it
+    before :func:`output_lock` makes the lock file beside it. ``what``: "a Zarr store", ..."""
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise NotAFolderError(
+            f"{out} exists and is not a folder ({what} is one); it is left as it is: choose another --out"
+        )
+
+
 @contextmanager
 def output_lock(out: str | Path, stage: str) -> Iterator[None]:
     """Hold ``<out>.lock`` for the whole run, or refuse at once if another run holds it."""
     import fcntl
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    make_folder(out.parent, out)
+    try:
+        fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only folder, ...
+        raise PipelineError(f"cannot write beside {out} ({e.strerror}); choose an --out in a writable folder") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,6 +74,17 @@ def output_lock(out: str | Path, stage: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def make_folder(folder: Path, out: Path) -> None:
+    """``mkdir -p folder`` for the output ``out``, or a one-line error (a path part that is a file, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError / NotADirectoryError: a part of the path is a file
+        raise PipelineError(
+            f"cannot create the folder {folder} for {out} ({e.strerror}); a part of the path may be a file: "
+            "choose another --out"
+        ) from None
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -184,9 +212,13 @@ class _TqdmSafeHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool | None = None) -> None:
     """The command line's console: INFO (DEBUG with ``verbose``) and above on stderr, the
-    message alone. Idempotent."""
+    message alone. Idempotent; ``verbose=None`` keeps the level an earlier call chose (the
+    root command's ``--verbose``), INFO if there was none."""
+    if verbose is None:
+        earlier = [h for h in logging.getLogger(LOGGERS[0]).handlers if h.get_name() == "x2ct-console"]
+        verbose = bool(earlier) and earlier[0].level <= logging.DEBUG
     handler = _TqdmSafeHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -234,7 +234,10 @@ def write_rows_jsonl(rows: Iterable[BaseModel], path: str | Path, id_field: str)
     (its first line has ``id_field``)."""
     path = Path(path)
     refuse_foreign_output(path, id_field)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a part of the path is a file, no permission
+        raise ManifestError(f"cannot create the folder of {path} ({e.strerror}); choose another --out") from None
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for row in rows:

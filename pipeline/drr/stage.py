@@ -144,14 +144,13 @@ def run_stage(cfg: SimulateDRRConfig, client=None) -> RunSummary:
     cluster is made from ``cfg``. ``extras`` of the summary: ``max_worker_rss_mb`` and ``items``
     (this run's :class:`ItemResult` in completion order).
     """
-    from pipeline.drr.store import refuse_non_folder
-    from pipeline.runtime import output_lock
+    from pipeline.runtime import output_lock, refuse_non_folder
 
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)  # refuses an empty manifest
     if client is None and cfg.scheduler is None:  # a remote cluster's workers have their own devices
         refuse_missing_gpu(cfg.device)
-    refuse_non_folder(cfg.out)  # before the lock file is made beside it
+    refuse_non_folder(cfg.out, "a Zarr store")  # before the lock file is made beside it
     # one driver per store: two would render and write the same items
     with output_lock(cfg.out, "simulate-drr"), ExitStack() as log_file:
         summary = _render_pending(cfg, rows, client, t_start, log_file)

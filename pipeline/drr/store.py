@@ -43,7 +43,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from pipeline.runtime import atomic_dir, remove_temporaries
+from pipeline.runtime import atomic_dir, refuse_non_folder, remove_temporaries
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
 from schemas.errors import PipelineError
 from schemas.labels import CT_RATE_LABELS, N_LABELS
@@ -57,14 +57,6 @@ UINT16_NOTE = (
 
 class StoreMismatchError(PipelineError, ValueError):
     """The store was made with another config or manifest; continuing it would mix outputs."""
-
-
-def refuse_non_folder(path: Path) -> None:
-    """A store is a folder: an existing file, device or broken link at ``--out`` is left alone."""
-    if (path.exists() or path.is_symlink()) and not path.is_dir():
-        raise StoreMismatchError(
-            f"{path} exists and is not a folder (a Zarr store is one); it is left as it is: choose another --out"
-        )
 
 
 def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> zarr.Group:
@@ -178,7 +170,7 @@ def _describe_diff(old: dict, new: dict, prefix: str) -> str:
 
 def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provenance: Provenance) -> zarr.Group:
     path = cfg.out
-    refuse_non_folder(path)
+    refuse_non_folder(path, "a Zarr store")
     if path.exists() and cfg.overwrite:
         discard_store(path)
     elif path.parent.is_dir():

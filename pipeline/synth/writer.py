@@ -32,7 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtime import atomic_path, atomic_write_text, log_path, log_to_file, output_lock, remove_temporaries
+from pipeline.runtime import (
+    atomic_path,
+    atomic_write_text,
+    log_path,
+    log_to_file,
+    make_folder,
+    output_lock,
+    refuse_non_folder,
+    remove_temporaries,
+)
 from pipeline.synth.plan import PatientPlan, ReconPlan, ScanPlan, build_plan, rng_for
 from pipeline.synth.reports import write_report
 from schemas.errors import PipelineError
@@ -211,13 +220,6 @@ def _marker_text(cfg: SynthConfig) -> str:
     return json.dumps(cfg.content_fields(), sort_keys=True) + "\n"
 
 
-def refuse_non_folder(out: Path) -> None:
-    """An existing file, device or broken link at ``--out`` is left alone (checked before the lock
-    file is made beside it)."""
-    if (out.exists() or out.is_symlink()) and not out.is_dir():
-        raise SynthOutputError(f"{out}: exists and is not a folder; choose another --out")
-
-
 def prepare_output(cfg: SynthConfig) -> bool:
     """Make ``cfg.out`` ready; True when it resumes an unfinished (or finished) run of the same config.
 
@@ -226,7 +228,7 @@ def prepare_output(cfg: SynthConfig) -> bool:
     replaces only a synthetic set.
     """
     out = cfg.out
-    refuse_non_folder(out)
+    refuse_non_folder(out, "a data set")
     marker = out / MARKER
     if out.is_dir() and any(out.iterdir()):
         same = marker.is_file() and marker.read_text(encoding="utf-8") == _marker_text(cfg)
@@ -250,7 +252,7 @@ def prepare_output(cfg: SynthConfig) -> bool:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, out)
     atomic_write_text(marker, _marker_text(cfg))
     return False
 
@@ -272,7 +274,7 @@ def synthesize(cfg: SynthConfig, progress: bool = True) -> list[VolumeRecord]:
     """Write the whole data set (or finish an interrupted run); returns the CSV records (one per volume).
     One run per folder at a time (``<out>.lock``); the log goes to ``<out>.log`` beside the folder."""
     start = time.perf_counter()
-    refuse_non_folder(cfg.out)
+    refuse_non_folder(cfg.out, "a data set")  # before the lock file is made beside it
     with output_lock(cfg.out, "synth"), ExitStack() as log_file:
         recs = _synthesize(cfg, progress, log_file)
         splits = {s: sum(r.split == s for r in recs) for s in ("train", "valid")}

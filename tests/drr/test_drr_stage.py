@@ -176,6 +176,7 @@ def test_sigkill_loses_only_items_in_flight(tmp_path, client):
     output = proc.communicate()[0].decode()
     assert proc.returncode == -signal.SIGKILL, output
     assert "Dask dashboard" in output
+    assert " - INFO - " not in output, "Dask's own INFO lines stay off the terminal"
     done = int((np.asarray(zarr.open_group(str(out), mode="r")["status"][:]) == ItemStatus.DONE).sum())
     assert 0 < done < 40, f"kill came too late or too early ({done} done)"
 

@@ -283,3 +283,17 @@ def test_a_volume_that_breaks_the_batch_fails_alone(inputs):
     model = load_ctclip(inputs.checkpoint, "tiny")
     np.testing.assert_allclose(result.ct["ok"], model.encode_ct(torch.from_numpy(good)[None])[0].numpy(), atol=1e-5)
     assert set(result.texts) == {"there is no nodule."}
+
+
+@pytest.mark.slow  # a local cluster of worker processes: about a minute on two shared cores
+def test_local_cluster_keeps_dask_chatter_off_the_terminal(inputs, tmp_path):
+    """The terminal shows the run's own lines; the worker processes' INFO lines do not reach it."""
+    out = tmp_path / "e.h5"
+    cmd = [sys.executable, "-m", "pipeline", "embed-ct", "--manifest", str(inputs.manifest)]
+    cmd += ["--checkpoint", str(inputs.checkpoint), "--tokenizer", str(inputs.tokenizer), "--out", str(out)]
+    cmd += ["--model", "tiny", "--workers", "1", "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{out}: 9 done, 4 failed in this run" in proc.stderr
+    assert " - INFO - " not in proc.stderr + proc.stdout, proc.stderr

@@ -188,6 +188,11 @@ class Trainer:
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise PretrainRunError(f"{path}: not a pretrain-ctclip checkpoint; use another --out")
         ours = json.dumps(self.cfg.identity(), sort_keys=True)
+        if ckpt["model_config"] != self.model_cfg.model_dump_json():
+            raise PretrainRunError(
+                f"{self.out}: holds a run of another model config than {self.cfg.model!r} resolves to now; "
+                "use another --out"
+            )
         if ckpt["config"] != ours:
             old, new = json.loads(ckpt["config"]), json.loads(ours)
             diff = [

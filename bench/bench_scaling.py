@@ -208,14 +208,14 @@ def driver_child(n_rows: int, work: Path, limit: int | None = None) -> dict:
         limit=limit,
     )
     t = time.perf_counter()
-    summary = run_stage(cfg, client=client, echo=lambda *_: None)
+    summary = run_stage(cfg, client=client)
     seconds = time.perf_counter() - t
     stop.set()
     sampler.join()
     client.close()
     cluster.close()
     tasks = n_rows if limit is None else min(limit, n_rows)
-    assert summary.done == tasks, (summary.done, summary.failed, summary.failures[:3])
+    assert summary.done == tasks, (summary.done, summary.failed, list(summary.failures.items())[:3])
     return {
         "rows": n_rows,
         "tasks": tasks,

@@ -324,10 +324,11 @@ def read_view(split, view: int, item: int) -> np.ndarray:
 
 
 def run_evaluate(cfg) -> dict[str, Any]:
+    from pipeline.devices import resolve_device
     from pipeline.runtime import output_lock
     from schemas.provenance import file_sha256
     from trainer.data import join_split
-    from trainer.encode import encode_store_items, resolve_device
+    from trainer.encode import encode_store_items
     from trainer.run import load_run
     from trainer.teacher_match import check_teacher
 

@@ -113,9 +113,10 @@ def build_baseline(run, baseline_init: Path | None):
 
 
 def run_fewshot(cfg) -> dict[str, Any]:
+    from pipeline.devices import resolve_device
     from pipeline.runtime import output_lock
     from trainer.data import join_split
-    from trainer.encode import encode_store_items, resolve_device
+    from trainer.encode import encode_store_items
     from trainer.run import load_run
     from trainer.teacher_match import check_teacher
 

@@ -141,11 +141,11 @@ def write_rows(rows: list[dict[str, Any]], out: Path, label_names: list[str], me
 
 def run_predict(cfg) -> list[dict[str, Any]]:
     """The command: load the run (and cache), score every input, write ``cfg.out``."""
-    from trainer.encode import resolve_device
+    from pipeline.devices import resolve_device
     from trainer.run import load_run
 
+    device = resolve_device(cfg.device)  # --device cuda without a GPU: refused before any work
     run = load_run(cfg.run, checkpoint=cfg.checkpoint)
-    device = resolve_device(cfg.device)
     cache = None
     if cfg.embeddings is not None:
         from pipeline.embed.reader import load_embeddings

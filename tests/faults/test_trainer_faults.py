@@ -1,0 +1,82 @@
+"""Bad input to the commands after embed-ct (train, evaluate, fewshot, predict): one line, the right exit, nothing lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.faults.conftest import cli, tree_digest
+from tests.helpers.radiographs import chest_like, write_png
+
+
+def train_args(chain, out: Path, *extra) -> list:
+    return [
+        "train", "--drr", chain.drr["train"], "--embeddings", chain.embeddings["train"], "--out", out,
+        "--encoder", "tiny", "--max-steps", "2", "--batch-size", "7", "--workers", "0", "--device", "cpu",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(chain, tmp_path_factory) -> Path:
+    """A run of two steps on the chain (read-only: copy it before changing it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("faults-run") / "run"
+    res = cli(*train_args(chain, out))
+    torch.set_num_threads(before)
+    assert res.exit_code == 0, res.stderr
+    return out
+
+
+def evaluate_args(chain, run: Path, out: Path) -> list:
+    return [
+        "evaluate", "--run", run, "--drr", chain.drr["valid"], "--emb", chain.embeddings["valid"], "--out", out,
+        "--n-resamples", "0", "--no-progress",
+    ]  # fmt: skip
+
+
+def fewshot_args(chain, run: Path, out: Path) -> list:
+    return [
+        "fewshot", "--run", run, "--train-drr", chain.drr["train"], "--train-emb", chain.embeddings["train"],
+        "--test-drr", chain.drr["valid"], "--test-emb", chain.embeddings["valid"], "--out", out,
+        "--fractions", "1", "--seeds", "1", "--max-epochs", "2", "--no-progress",
+    ]  # fmt: skip
+
+
+def predict_args(run: Path, image: Path, out: Path) -> list:
+    return ["predict", image, "--run", run, "--out", out]
+
+
+@pytest.fixture
+def png(tmp_path) -> Path:
+    return write_png(tmp_path / "cxr.png", chest_like(64, seed=1), 8)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("command", ["train", "evaluate", "fewshot", "predict"])
+def test_cuda_without_a_gpu_is_refused_before_start(command, chain, run_dir, png, tmp_path):
+    out = tmp_path / ("out.csv" if command == "predict" else "out")
+    args = {
+        "train": lambda: train_args(chain, out),
+        "evaluate": lambda: evaluate_args(chain, run_dir, out),
+        "fewshot": lambda: fewshot_args(chain, run_dir, out),
+        "predict": lambda: predict_args(run_dir, png, out),
+    }[command]()
+    before = tree_digest(run_dir)
+    res = cli(*args, "--device", "cuda")
+    assert res.exit_code == 2 and "--device cuda" in res.error_line and "--device cpu" in res.error_line
+    assert list(tmp_path.iterdir()) == [png], "nothing written, not even a lock file"
+    assert tree_digest(run_dir) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_embed_ct_cuda_without_a_gpu_is_refused_with_the_shared_line(chain, tmp_path):
+    res = cli(
+        "embed-ct", "--manifest", chain.manifests["valid"], "--checkpoint", chain.checkpoint, "--tokenizer",
+        chain.tokenizer, "--out", tmp_path / "e.h5", "--model", "tiny", "--device", "cuda", "--no-progress",
+    )  # fmt: skip
+    assert res.exit_code == 2 and "--device cuda but torch sees no CUDA GPU" in res.error_line
+    assert not (tmp_path / "e.h5").exists()

@@ -33,7 +33,7 @@ import torch
 
 from pipeline._version import __version__
 from pipeline.devices import refuse_missing_gpu
-from pipeline.runtime import log_to_file, output_lock
+from pipeline.runtime import log_to_file, output_lock, refuse_foreign_folder, refuse_non_folder
 from schemas.errors import PipelineError
 from schemas.provenance import Provenance, json_sha256
 from schemas.train import RunLayout, TrainConfig
@@ -266,6 +266,9 @@ def train(cfg: TrainConfig) -> Path:
     env = DistEnv.from_env()
     layout = RunLayout(root=cfg.out)
     refuse_missing_gpu(cfg.device)  # before the lock file is made
+    refuse_non_folder(cfg.out, "a training run")
+    # out.log: a run killed before it wrote config.json has only its log there
+    refuse_foreign_folder(cfg.out, (layout.config.name, layout.checkpoints.name, layout.log.name), "a training run")
     with contextlib.ExitStack() as stack:
         if env.is_main:
             stack.enter_context(output_lock(cfg.out, "train"))

@@ -80,3 +80,57 @@ def test_embed_ct_cuda_without_a_gpu_is_refused_with_the_shared_line(chain, tmp_
     )  # fmt: skip
     assert res.exit_code == 2 and "--device cuda but torch sees no CUDA GPU" in res.error_line
     assert not (tmp_path / "e.h5").exists()
+
+
+def folder_command_args(command: str, chain, run: Path, out: Path) -> list:
+    """Arguments of a command whose --out is a folder; each is refused before it reads its inputs."""
+    return {
+        "train": lambda: train_args(chain, out),
+        "evaluate": lambda: [*evaluate_args(chain, run, out), "--overwrite"],
+        "fewshot": lambda: [*fewshot_args(chain, run, out), "--overwrite"],
+        "pretrain-ctclip": lambda: [
+            "pretrain-ctclip",
+            "--manifest",
+            chain.manifests["train"],
+            "--tokenizer",
+            chain.tokenizer,
+            "--out",
+            out,
+            "--no-progress",
+        ],  # fmt: skip
+        "demo": lambda: ["demo", "--out", out, "--n", "8"],
+    }[command]()
+
+
+FOLDER_COMMANDS = ["train", "evaluate", "fewshot", "pretrain-ctclip", "demo"]
+
+
+@pytest.mark.parametrize("command", FOLDER_COMMANDS)
+def test_out_an_existing_regular_file_is_left_alone(command, chain, run_dir, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("my notes\n")
+    res = cli(*folder_command_args(command, chain, run_dir, out))
+    assert res.exit_code == 2 and str(out) in res.error_line and "not a folder" in res.error_line
+    assert out.read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"], "no lock or log file beside it"
+
+
+@pytest.mark.parametrize("command", FOLDER_COMMANDS)
+def test_out_below_a_regular_file_is_one_line(command, chain, run_dir, tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    res = cli(*folder_command_args(command, chain, run_dir, tmp_path / "plain.txt" / "run"))
+    assert res.exit_code == 2 and "plain.txt" in res.error_line
+    assert (tmp_path / "plain.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_out_a_users_folder_is_refused_not_mixed_into(command, chain, run_dir, tmp_path):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.tex").write_text("\\chapter{}")
+    (out / "metrics.jsonl").write_text('{"mine": 1}\n')  # train writes a file of this name
+    before = tree_digest(out)
+    res = cli(*folder_command_args(command, chain, run_dir, out))
+    assert res.exit_code == 2 and str(out) in res.error_line and "not empty" in res.error_line
+    assert tree_digest(out) == before and sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"], "no lock file beside it"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,59 @@ def test_out_a_users_folder_is_refused_not_mixed_into(command, chain, run_dir, t
     assert res.exit_code == 2 and str(out) in res.error_line and "not empty" in res.error_line
     assert tree_digest(out) == before and sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "thesis.tex"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"], "no lock file beside it"
+
+
+@pytest.fixture(scope="module")
+def nan_run(run_dir, tmp_path_factory) -> Path:
+    """A copy of the run whose checkpoints hold a NaN weight (as a damaged file or a diverged run would)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("faults-nan") / "run"
+    shutil.copytree(run_dir, out, symlinks=True)
+    for ckpt in (out / "checkpoints").glob("*.pt"):
+        if ckpt.is_symlink():
+            continue
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        name = next(k for k, v in state["model"].items() if v.is_floating_point())
+        state["model"][name].view(-1)[0] = float("nan")
+        torch.save(state, ckpt)
+    return out
+
+
+def test_load_run_refuses_non_finite_weights(nan_run):
+    from pipeline.ctclip.checkpoint import CheckpointError
+    from trainer.run import load_run
+
+    with pytest.raises(CheckpointError, match="NaN or infinite.*another checkpoint of the run"):
+        load_run(nan_run, checkpoint="latest")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_run_with_nan_weights_is_refused_not_scored(command, chain, nan_run, png, tmp_path):
+    out = tmp_path / ("p.csv" if command == "predict" else "eval")
+    args = evaluate_args(chain, nan_run, out) if command == "evaluate" else predict_args(nan_run, png, out)
+    res = cli(*args, "--checkpoint", "latest", "--device", "cpu")
+    assert res.exit_code == 2 and "NaN or infinite" in res.error_line and "latest.pt" in res.error_line
+    assert not out.exists(), "no table of NaN scores"
+
+
+def test_predict_never_writes_a_non_finite_score_as_ok(png):
+    from tests.helpers.tiny_run import tiny_run
+    from trainer.predict.stage import predict_files
+
+    run = tiny_run()
+    good = predict_files(run, [png])
+    assert good[0]["status"] == "ok" and all(np.isfinite(list(good[0]["scores"].values())))
+    run.prompts["x2ct_clip"]["positive"][3] = np.nan  # a NaN that reaches the scores, not the weights
+    row = predict_files(run, [png])[0]
+    assert row["status"] == "error" and "non-finite" in row["error"] and "scores" not in row
+
+
+def test_empty_run_checkpoint_says_why(run_dir, tmp_path):
+    from trainer.checkpoint import CheckpointMismatchError, load_checkpoint
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_checkpoint(empty)
+    assert "()" not in str(e.value) and "cannot be read (" in str(e.value)

@@ -106,6 +106,9 @@ def predict_files(
                 rows[i].update(status="error", error=f"{rows[i]['file']}: the encoder could not score it ({e})")
                 continue
             p = zero_shot_probabilities(zi, pos, neg, float(np.exp(run.temperature)))[0]
+            if not np.isfinite(p).all():  # never a NaN score under status "ok"
+                rows[i].update(status="error", error=f"{rows[i]['file']}: the run gave non-finite scores for it")
+                continue
             rows[i]["scores"] = {name: float(v) for name, v in zip(run.label_names, p)}
             if cache is not None:
                 sims = gallery @ l2_normalise(zi)[0]

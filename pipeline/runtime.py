@@ -42,7 +42,8 @@ def lock_path(out: Path) -> Path:
 
 
 class NotAFolderError(PipelineError):
-    """An output that is a folder would replace a file, device or link of the same name."""
+    """An output that is a folder would replace a file, device or link of the same name, or mix its
+    files into a folder of someone else's."""
 
 
 def refuse_non_folder(out: str | Path, what: str) -> None:
@@ -52,6 +53,21 @@ def refuse_non_folder(out: str | Path, what: str) -> None:
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise NotAFolderError(
             f"{out} exists and is not a folder ({what} is one); it is left as it is: choose another --out"
+        )
+
+
+def refuse_foreign_folder(out: str | Path, markers: tuple[str, ...], what: str) -> None:
+    """A non-empty folder ``out`` holding none of ``markers`` (entries that only this stage's output has,
+    e.g. a run's ``config.json``) belongs to someone else: refuse it, so that nothing of theirs is
+    replaced or mixed with ours. An empty folder, or one of ours (resumed by the stage), passes."""
+    out = Path(out)
+    if not out.is_dir() or any((out / m).exists() for m in markers):
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise NotAFolderError(
+            f"{out} is not empty ({shown}) and is not {what}; it is left as it is: choose a new or empty --out"
         )
 
 

@@ -47,7 +47,8 @@ def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_js
     import torch
 
     from pipeline.ct_io import load_ct
-    from pipeline.drr.render import render_volume, resolve_device
+    from pipeline.devices import resolve_device
+    from pipeline.drr.render import render_volume
     from pipeline.drr.store import item_done, write_failure, write_item
 
     row = ManifestRow.model_validate_json(row_json)
@@ -140,6 +141,7 @@ def run_stage(cfg: SimulateDRRConfig, client=None) -> RunSummary:
     cluster is made from ``cfg``. ``extras`` of the summary: ``max_worker_rss_mb`` and ``items``
     (this run's :class:`ItemResult` in completion order).
     """
+    from pipeline.devices import refuse_missing_gpu
     from pipeline.runtime import output_lock, refuse_non_folder
 
     t_start = time.perf_counter()
@@ -165,16 +167,6 @@ def run_stage(cfg: SimulateDRRConfig, client=None) -> RunSummary:
         )
         summary.log_failures(log)
         return summary
-
-
-def refuse_missing_gpu(device: str) -> None:
-    """``--device cuda`` on a machine without a GPU would fail every item: refuse it before starting."""
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        from schemas.errors import PipelineError
-
-        raise PipelineError("--device cuda but torch sees no CUDA GPU on this machine; use --device cpu or auto")
 
 
 def _render_pending(

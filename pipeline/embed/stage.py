@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.devices import refuse_missing_gpu
 from pipeline.embed.cache import CacheHeader, EmbeddingCache
 from pipeline.embed.errors import EmbedError, TooManyFailures
 from pipeline.embed.model import ModelSpec, prompt_latents
@@ -76,10 +77,8 @@ def local_gpus(device: str) -> int:
     """GPUs of this machine a local cluster gives one model worker each (0 on CPU)."""
     import torch
 
-    n = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-    if device == "cuda" and n == 0:
-        raise EmbedError("--device cuda but no CUDA GPU is visible here; use --device cpu or auto")
-    return n
+    refuse_missing_gpu(device)
+    return torch.cuda.device_count() if device in ("auto", "cuda") else 0
 
 
 def spec_shape(model: str) -> tuple[int, int, int]:

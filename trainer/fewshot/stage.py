@@ -113,13 +113,15 @@ def build_baseline(run, baseline_init: Path | None):
 
 
 def run_fewshot(cfg) -> dict[str, Any]:
-    from pipeline.runtime import output_lock
+    from pipeline.devices import resolve_device
+    from pipeline.runtime import output_lock, refuse_non_folder
     from trainer.data import join_split
-    from trainer.encode import encode_store_items, resolve_device
+    from trainer.encode import encode_store_items
     from trainer.run import load_run
     from trainer.teacher_match import check_teacher
 
     out = Path(cfg.out)
+    refuse_non_folder(out, "a few-shot result")
     if (out / "fewshot.json").exists() and not cfg.overwrite:
         raise FewshotError(f"{out} already holds few-shot results; give another --out or --overwrite")
     device = resolve_device(cfg.device)

@@ -106,6 +106,9 @@ def predict_files(
                 rows[i].update(status="error", error=f"{rows[i]['file']}: the encoder could not score it ({e})")
                 continue
             p = zero_shot_probabilities(zi, pos, neg, float(np.exp(run.temperature)))[0]
+            if not np.isfinite(p).all():  # never a NaN score under status "ok"
+                rows[i].update(status="error", error=f"{rows[i]['file']}: the run gave non-finite scores for it")
+                continue
             rows[i]["scores"] = {name: float(v) for name, v in zip(run.label_names, p)}
             if cache is not None:
                 sims = gallery @ l2_normalise(zi)[0]
@@ -141,11 +144,11 @@ def write_rows(rows: list[dict[str, Any]], out: Path, label_names: list[str], me
 
 def run_predict(cfg) -> list[dict[str, Any]]:
     """The command: load the run (and cache), score every input, write ``cfg.out``."""
-    from trainer.encode import resolve_device
+    from pipeline.devices import resolve_device
     from trainer.run import load_run
 
+    device = resolve_device(cfg.device)  # --device cuda without a GPU: refused before any work
     run = load_run(cfg.run, checkpoint=cfg.checkpoint)
-    device = resolve_device(cfg.device)
     cache = None
     if cfg.embeddings is not None:
         from pipeline.embed.reader import load_embeddings

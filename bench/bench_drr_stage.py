@@ -113,12 +113,12 @@ def main() -> None:
                     threads_per_worker=threads,
                     overwrite=True,
                 )
-                summary = run_stage(cfg, client=client, echo=lambda *_: None)
+                summary = run_stage(cfg, client=client)
                 assert summary.done == args.n, summary
-                times[name].append(summary.seconds)
-                cpu[name] += [it.cpu_seconds for it in summary.items]
-                cpu[f"{name}_load"] += [it.cpu_load_seconds for it in summary.items]
-                entry[f"{name}_peak_worker_rss_mb"] = summary.max_worker_rss_mb
+                times[name].append(summary.wall_s)
+                cpu[name] += [it.cpu_seconds for it in summary.extras["items"]]
+                cpu[f"{name}_load"] += [it.cpu_load_seconds for it in summary.extras["items"]]
+                entry[f"{name}_peak_worker_rss_mb"] = summary.extras["max_worker_rss_mb"]
         entry["times"] = times
         entry["floor_s"] = float(np.median(times["floor"]))
         for name in runs:

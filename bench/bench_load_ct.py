@@ -12,7 +12,8 @@ turn, for ``--repeats`` rounds, so a load change on a shared machine hits all al
 * nibabel: ``nib.load(path).get_fdata(dtype=float32)``, nibabel's own decode;
 * previous load_ct: nibabel's decode + the reorientation copy to C-ordered LPS + padding (the
   loader before this benchmark's change, kept here as the reference);
-* load_ct: the project's loader (inflate backend in the JSON).
+* load_ct: the project's loader (inflate backend in the JSON), and, when that backend is not
+  zlib, the same loader forced onto zlib (the fallback where the optional packages are absent).
 
 Ratios are to the inflate with the backend ``load_ct`` itself uses and to zlib's.
 """
@@ -68,6 +69,17 @@ def measure(path: Path, repeats: int) -> dict:
     methods["nibabel_fdata"] = lambda: nib.load(str(path)).get_fdata(dtype=np.float32)
     methods["previous_load_ct"] = lambda: _previous_load_ct(path)
     methods["load_ct"] = lambda: load_ct(path)
+    if inflate.BACKEND != "zlib":
+
+        def load_ct_zlib():  # the fallback where neither isal nor zlib-ng is installed
+            saved = inflate._ZLIB
+            inflate._ZLIB = zlib
+            try:
+                return load_ct(path)
+            finally:
+                inflate._ZLIB = saved
+
+        methods["load_ct_zlib_fallback"] = load_ct_zlib
     times: dict[str, list[float]] = {m: [] for m in methods}
     load_before = os.getloadavg()[0]
     for _ in range(repeats):
@@ -90,6 +102,7 @@ def measure(path: Path, repeats: int) -> dict:
         "times_s": times,
         "load_ct_over_own_inflate": med["load_ct"] / med[own],
         "load_ct_over_zlib_inflate": med["load_ct"] / med["inflate_zlib"],
+        "zlib_fallback_over_zlib_inflate": med.get("load_ct_zlib_fallback", med["load_ct"]) / med["inflate_zlib"],
         "previous_over_load_ct": med["previous_load_ct"] / med["load_ct"],
         "load_before": load_before,
         "load_after": os.getloadavg()[0],

@@ -28,7 +28,8 @@ def load_ct(r: dict) -> str:
             f"rounds, load {f['load_before']:.1f} -> {f['load_after']:.1f}; load_ct inflates with **{f['backend']}**:\n\n"
             + _table(["method", "median s", "x zlib inflate"], rows)
             + f"\n\n**load_ct = {f['load_ct_over_own_inflate']:.2f}x the {f['backend']} inflate of the same file, "
-            f"{f['load_ct_over_zlib_inflate']:.2f}x the zlib inflate**; the previous loader (nibabel + "
+            f"{f['load_ct_over_zlib_inflate']:.2f}x the zlib inflate**; with zlib itself (the fallback) "
+            f"{f.get('zlib_fallback_over_zlib_inflate', f['load_ct_over_zlib_inflate']):.2f}x the zlib inflate; the previous loader (nibabel + "
             f"reorientation copy) took {f['previous_over_load_ct']:.1f}x as long as load_ct."
         )
     return "\n\n".join(parts)
@@ -162,7 +163,7 @@ def ctclip(r: dict) -> str:
 
 
 def scaling(r: dict) -> str:
-    parts = []
+    parts = [f"**Stopped early**: {r['stopped_early']}."] if "stopped_early" in r else []
     for stage in ("simulate_drr", "embed_ct"):
         rows = [
             [e["n"], e["size"], e["workers"], e["seconds"], e["n"] / e["seconds"], e["peak_rss_mb"], e.get("cpu_s", "")]
@@ -185,11 +186,14 @@ def scaling(r: dict) -> str:
                 )
             )
     if "driver" in r:
-        rows = [[e["rows"], e["seconds"], e["driver_peak_rss_mb"], e["driver_rss_growth_mb"]] for e in r["driver"]]
+        rows = [
+            [e["rows"], e.get("tasks", e["rows"]), e["seconds"], e["driver_peak_rss_mb"], e["driver_rss_growth_mb"]]
+            for e in r["driver"]
+        ]
         parts.append(
             "**simulate-drr driver memory against manifest rows** (rendering stubbed out in this measurement "
             "only: each task returns blank images at once, so the driver's own bookkeeping is what grows):\n\n"
-            + _table(["manifest rows", "wall s", "driver peak RSS MB", "driver RSS growth MB"], rows)
+            + _table(["manifest rows", "tasks run", "wall s", "driver peak RSS MB", "driver RSS growth MB"], rows)
         )
     if "epoch" in r:
         e = r["epoch"]
@@ -217,3 +221,14 @@ def profile(r: dict) -> str:
 def train(r: dict) -> str:
     rows = [[k, v] for k, v in r.items() if isinstance(v, (int, float, str))]
     return _table(["figure", "value"], rows)
+
+
+def gpu(r: dict) -> str:
+    rows = []
+    for part in ("render", "stage_item", "embed", "train"):
+        for k, v in r.get(part, {}).items():
+            if k != "error" and isinstance(v, (int, float, str)):
+                rows.append([part, k, v])
+        if "error" in r.get(part, {}):
+            rows.append([part, "error", r[part]["error"].strip().splitlines()[-1]])
+    return f"Device: {r['device']}, torch {r['torch']}:\n\n" + _table(["part", "figure", "value"], rows)

@@ -39,8 +39,12 @@ def _root(
     version: bool | None = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show DEBUG messages too (the <out>.log has them)."),
 ) -> None:
     """X2CT-CLIP pipeline: manifests, synthetic data, DRRs, CT-CLIP embeddings, training."""
+    from pipeline.runtime import setup_logging
+
+    setup_logging(verbose)
 
 
 app.add_typer(manifest_app, name="manifest")

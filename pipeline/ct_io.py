@@ -28,6 +28,7 @@ The policies, thresholds and defaults are described for users in docs/ct-input.m
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +38,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from nibabel.volumeutils import int_scinter_ftype
 
-from pipeline.inflate import gunzip
+from pipeline.inflate import gunzip_pieces
 from schemas.ct import CANONICAL_ORIENTATION, CTLoadConfig
 from schemas.errors import PipelineError
 
@@ -97,12 +98,11 @@ def load_ct(
     else:
         raise CTLoadError(f"{path}: unknown volume format; expected .nii, .nii.gz, .npy or .npz")
     transform = _canonical_transform(affine, path)
-    air = None
-    if cfg.air_check:  # measured on the scaled values before padding removal, as a strided sample
-        air = measure_air_hu(scale(apply_orientation(raw, transform)[::3, ::3, ::3]), cfg.padding_below_hu, 1)
     try:
-        hu, non_finite = _scale_and_pad(raw, scale, cfg.padding_below_hu)
-    except Exception as e:  # a short .nii (memory-mapped) fails only here
+        hu, non_finite, sample = _scale_and_pad(
+            raw, scale, cfg.padding_below_hu, _air_sample_origin(raw.shape, transform)
+        )
+    except Exception as e:  # a truncated gzip stream or a short .nii (memory-mapped) fails here
         raise CTLoadError(
             f"{path}: voxel data unreadable ({type(e).__name__}: {e}); the file is probably truncated"
         ) from e
@@ -110,6 +110,8 @@ def load_ct(
         raise CTLoadError(
             f"{path}: non-finite voxels: {non_finite} (NaN or infinite); re-export the volume or drop it from the manifest"
         )
+    # The air level of the scaled values before padding removal, on a 1/27 strided sample.
+    air = air_level(sample, cfg.padding_below_hu) if cfg.air_check else None
     if cfg.air_check and (air is None or abs(air - AIR_HU) > cfg.air_tolerance_hu):
         raise AirCheckError(
             f"{path}: air reads {air if air is None else round(air)} HU, expected about -1000 "
@@ -118,37 +120,78 @@ def load_ct(
             "use --hu-policy csv."
         )
     # A view, not a copy: flipped axes carry negative strides, permuted ones permuted strides.
+    stored_shape = hu.shape
     hu = apply_orientation(hu, transform)
     return CTVolume(
-        hu=hu, affine=affine @ inv_ornt_aff(transform, raw.shape), source=str(path), hu_scaling=how, air_hu=air
+        hu=hu, affine=affine @ inv_ornt_aff(transform, stored_shape), source=str(path), hu_scaling=how, air_hu=air
     )
 
 
 # Voxels converted per block: the int16 input, the float32 output and the temporaries stay in
 # the core's cache, so scaling, padding and the finite check cost one pass over memory.
 _BLOCK = 1 << 16
+AIR_SAMPLE_STEP = 3
 
 
-def _scale_and_pad(raw: np.ndarray, scale: _Scaling, padding_below_hu: float) -> tuple[np.ndarray, int]:
+def _air_sample_origin(shape, transform: np.ndarray) -> tuple[int, ...]:
+    """Where, along each stored axis, the strided air sample starts: ``hu[::3, ::3, ::3]`` of the
+    LPS array starts at the last stored voxel of a flipped axis. Every third voxel from there
+    is the same set of voxels (and the air level depends only on the set)."""
+    return tuple((n - 1) % AIR_SAMPLE_STEP if flip < 0 else 0 for n, (_axis, flip) in zip(shape, np.asarray(transform)))
+
+
+def _sample_positions(shape, order: str, origin) -> np.ndarray:
+    """Flat (memory-order) indices of the voxels ``stored[o0::3, o1::3, o2::3]``, ascending."""
+    axes = [np.arange(o, n, AIR_SAMPLE_STEP, dtype=np.int64) for o, n in zip(origin, shape)]
+    if order == "F":  # index = x + nx * (y + ny * z): z outermost gives ascending order
+        z, y, x = axes[2][:, None, None], axes[1][None, :, None], axes[0][None, None, :]
+        return ((z * shape[1] + y) * shape[0] + x).ravel()
+    x, y, z = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+    return ((x * shape[1] + y) * shape[2] + z).ravel()
+
+
+def _scale_and_pad(
+    raw: np.ndarray | StoredVoxels, scale: _Scaling, padding_below_hu: float, sample_origin
+) -> tuple[np.ndarray, int, np.ndarray]:
     """float32 HU in the stored voxel order (and memory order) of ``raw``, padding turned into
-    air; also the number of non-finite voxels (counted only where the stored type and scaling
-    could make any)."""
-    order: Literal["C", "F"] = "F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C"
-    flat_raw = np.ravel(raw, order=order)  # a view for the memory-ordered arrays that readers return
-    out = np.empty(flat_raw.size, dtype=np.float32)
+    air; the number of non-finite voxels (counted only where the stored type and scaling could
+    make any); and the scaled values, before padding removal, of the air-check sample.
+
+    ``raw`` is an array or a gzip stream of voxels (``StoredVoxels``), read piece by piece: an
+    inflated piece is converted while it is still in cache, and the whole int16 volume never
+    exists in memory."""
+    if isinstance(raw, np.ndarray):
+        order: Literal["C", "F"] = "F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C"
+        flat_raw = np.ravel(raw, order=order)  # a view for the memory-ordered arrays that readers return
+        pieces: Iterable[np.ndarray] = (flat_raw[i : i + 16 * _BLOCK] for i in range(0, flat_raw.size, 16 * _BLOCK))
+    else:
+        order, pieces = "F", raw.pieces()
+    n = int(np.prod(raw.shape, dtype=np.int64))
+    out = np.empty(n, dtype=np.float32)
+    positions = _sample_positions(raw.shape, order, sample_origin)
+    sample = np.empty(positions.size, dtype=np.float32)
     count_bad = not _always_finite(raw.dtype, scale)
     non_finite = 0
-    mask = np.empty(min(_BLOCK, flat_raw.size), dtype=bool)
+    mask = np.empty(min(_BLOCK, max(n, 1)), dtype=bool)
+    start = 0
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is counted as non-finite below
-        for start in range(0, flat_raw.size, _BLOCK):
-            block = out[start : start + _BLOCK]
-            scale.into(flat_raw[start : start + _BLOCK], block)
-            if count_bad:  # before padding, which would turn -inf into air
-                non_finite += block.size - int(np.count_nonzero(np.isfinite(block)))
-            below = mask[: block.size]
-            np.less(block, padding_below_hu, out=below)
-            np.copyto(block, AIR_HU, where=below)
-    return out.reshape(raw.shape, order=order), non_finite
+        for piece in pieces:
+            if start + piece.size > n:
+                raise ValueError(f"more voxels than the header's {n:,}")
+            for i in range(0, piece.size, _BLOCK):
+                block = out[start : start + min(_BLOCK, piece.size - i)]
+                scale.into(piece[i : i + _BLOCK], block)
+                if count_bad:  # before padding, which would turn -inf into air
+                    non_finite += block.size - int(np.count_nonzero(np.isfinite(block)))
+                lo, hi = np.searchsorted(positions, (start, start + block.size))
+                sample[lo:hi] = block[positions[lo:hi] - start]
+                below = mask[: block.size]
+                np.less(block, padding_below_hu, out=below)
+                np.copyto(block, AIR_HU, where=below)
+                start += block.size
+    if start != n:
+        raise EOFError(f"{start:,} voxels read, the header has {n:,}")
+    return out.reshape(raw.shape, order=order), non_finite, sample
 
 
 def _always_finite(dtype: np.dtype, scale: _Scaling) -> bool:
@@ -244,7 +287,9 @@ def _header_scale(dataobj, stored: np.dtype) -> _Scaling:
     return _Scaling(slope[0] if use_slope else None, inter[0] if use_inter else None, work)
 
 
-def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.ndarray, _Scaling, np.ndarray, str]:
+def _read_nifti(
+    path: Path, cfg: CTLoadConfig, slope, intercept
+) -> tuple[np.ndarray | StoredVoxels, _Scaling, np.ndarray, str]:
     img: Any  # Nifti1Image or Nifti2Image; nibabel types load() as the base class
     try:
         img = nib.load(str(path))
@@ -271,23 +316,43 @@ def _read_nifti(path: Path, cfg: CTLoadConfig, slope, intercept) -> tuple[np.nda
     return raw, scale, np.asarray(img.affine, dtype=np.float64), how
 
 
-def read_stored_voxels(path: Path, img) -> np.ndarray:
-    """The unscaled voxels of a NIfTI file, in stored order (a Fortran-ordered array).
+class StoredVoxels:
+    """The voxels of a ``.nii.gz``, inflated piece by piece in stored (Fortran) order.
 
-    A ``.nii.gz`` is read whole and inflated in one call into a buffer of the exact size (with
-    ISA-L or zlib-ng where installed, see ``pipeline.inflate``), and the voxels are a view of
-    that buffer; nibabel's gzip stream would inflate in small reads and copy. Other files go
-    through nibabel (a memory map for ``.nii``).
+    The compressed file is read whole (tens of MB) and inflated with ISA-L or zlib-ng where
+    installed (``pipeline.inflate``); each piece is converted to HU by the caller while it is
+    in cache, so no inflated copy of the whole volume is made (nibabel's gzip stream inflates
+    it whole, in small reads, and copies).
     """
-    if not path.name.endswith(".gz"):
-        return np.asanyarray(img.dataobj.get_unscaled())
-    dtype = img.get_data_dtype()
-    offset = int(img.dataobj.offset)
-    count = int(np.prod(img.shape, dtype=np.int64))
-    data = gunzip(path.read_bytes(), size_hint=offset + count * dtype.itemsize)
-    if len(data) < offset + count * dtype.itemsize:
-        raise EOFError(f"{len(data):,} bytes inflated, the header needs {offset + count * dtype.itemsize:,}")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(img.shape, order="F")
+
+    def __init__(self, path: Path, img):
+        self.shape = tuple(int(s) for s in img.shape)
+        self.dtype = img.get_data_dtype()
+        self.offset = int(img.dataobj.offset)
+        self.data = path.read_bytes()
+
+    def pieces(self) -> Iterator[np.ndarray]:
+        skip, carry = self.offset, b""
+        size = self.dtype.itemsize
+        for chunk in gunzip_pieces(self.data):
+            if skip:
+                cut = min(skip, len(chunk))
+                chunk, skip = chunk[cut:], skip - cut
+            if carry:
+                chunk, carry = carry + chunk, b""
+            whole = len(chunk) - len(chunk) % size
+            if whole < len(chunk):
+                carry = chunk[whole:]
+            if whole:
+                yield np.frombuffer(chunk, dtype=self.dtype, count=whole // size)
+
+
+def read_stored_voxels(path: Path, img) -> np.ndarray | StoredVoxels:
+    """The unscaled voxels of a NIfTI file in stored order: a stream for ``.nii.gz``, an array
+    (nibabel's memory map) for ``.nii``."""
+    if path.name.endswith(".gz"):
+        return StoredVoxels(path, img)
+    return np.asanyarray(img.dataobj.get_unscaled())
 
 
 def _read_numpy(
@@ -337,16 +402,21 @@ def _canonical_transform(affine: np.ndarray, path: Path) -> np.ndarray:
     return ornt_transform(io_orientation(affine), axcodes2ornt(CANONICAL_ORIENTATION))
 
 
-def measure_air_hu(hu: np.ndarray, padding_below_hu: float, sample_step: int = 3) -> float | None:
+def measure_air_hu(hu: np.ndarray, padding_below_hu: float, sample_step: int = AIR_SAMPLE_STEP) -> float | None:
+    """The air level of a chest CT (see :func:`air_level`) on a strided sample of ``hu``."""
+    return air_level(hu[::sample_step, ::sample_step, ::sample_step].ravel(), padding_below_hu)
+
+
+def air_level(sample: np.ndarray, padding_below_hu: float) -> float | None:
     """The air level of a chest CT: the 1st percentile of voxels that are not constant padding.
 
     Scanner padding is one constant value at the volume's minimum; it is left out
     (the minimum, when it is below ``padding_below_hu`` or holds over 0.1% of the
     voxels). Air outside the body
     and in the airways then forms the low end of the distribution, at about -1000 HU
-    in a correctly scaled volume. A strided sample keeps this cheap on 512^3 volumes.
+    in a correctly scaled volume. A strided sample keeps this cheap on 512^3 volumes; the
+    result depends only on which voxels are in it, not on their order.
     """
-    sample = hu[::sample_step, ::sample_step, ::sample_step].ravel()
     vmin = sample.min()
     at_min = sample == vmin
     # A constant mass at the minimum is padding (or air clamped to one value): either

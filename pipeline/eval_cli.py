@@ -26,6 +26,9 @@ def evaluate(
     run: Path | None = typer.Option(None, help="Training run directory (train's --out)."),
     drr: Path | None = typer.Option(None, help="simulate-drr store of the split to evaluate."),
     emb: Path | None = typer.Option(None, "--emb", help="embed-ct cache of the same split."),
+    cxr_manifest: Path | None = typer.Option(
+        None, help="Instead of --drr/--emb: a CXR manifest of real radiographs (manifest cxr); zero-shot only."
+    ),
     out: Path | None = typer.Option(None, help="Folder for metrics.json, CSV tables, figures and report.html."),
     checkpoint: str | None = _CHECKPOINT,
     views: str | None = typer.Option(None, help="Comma-separated views, each evaluated apart (default: pa)."),
@@ -50,7 +53,8 @@ def evaluate(
         EvaluateConfig,
         config,
         {
-            "run": run, "drr": drr, "embeddings": emb, "out": out, "checkpoint": checkpoint, "views": _views(views),
+            "run": run, "drr": drr, "embeddings": emb, "cxr_manifest": cxr_manifest, "out": out,
+            "checkpoint": checkpoint, "views": _views(views),
             "labels": _views(labels), "threshold": threshold, "n_resamples": n_resamples, "seed": seed,
             "batch_size": batch_size, "device": device, "overwrite": overwrite, "progress": progress,
         },
@@ -114,9 +118,9 @@ def fewshot(
     )  # fmt: skip
     result = run_fewshot(cfg)
     for r in result["summary"]:
-        typer.echo(
-            f"{r['encoder']:<48} {100 * r['fraction']:>6g}%  macro AUROC {r['auroc_macro_mean']} (sd {r['auroc_macro_std']})"
-        )
+        mean, sd = r["auroc_macro_mean"], r["auroc_macro_std"]
+        shown = "undefined" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" (sd {sd:.3f})")
+        typer.echo(f"{r['encoder']:<48} {100 * r['fraction']:>6g}%  macro AUROC {shown}")
     typer.echo(f"{cfg.out}: fewshot.csv, fewshot_summary.csv, fewshot.json, fewshot.png")
 
 

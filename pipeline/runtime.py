@@ -12,6 +12,7 @@
 * :func:`setup_logging` / :func:`log_to_file`: modules log through
   ``logging.getLogger(__name__)``; the command line shows INFO and above on stderr and a
   run writes everything (DEBUG too) to a log file beside its output.
+* :class:`RunSummary`: what one run of a stage did, the same shape for every stage.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from schemas.errors import PipelineError
 
@@ -38,14 +41,47 @@ def lock_path(out: Path) -> Path:
     return out.with_name(out.name + ".lock")
 
 
+class NotAFolderError(PipelineError):
+    """An output that is a folder would replace a file, device or link of the same name, or mix its
+    files into a folder of someone else's."""
+
+
+def refuse_non_folder(out: str | Path, what: str) -> None:
+    """An existing file, device or broken link at a folder output ``out`` is left alone; call it
+    before :func:`output_lock` makes the lock file beside it. ``what``: "a Zarr store", ..."""
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise NotAFolderError(
+            f"{out} exists and is not a folder ({what} is one); it is left as it is: choose another --out"
+        )
+
+
+def refuse_foreign_folder(out: str | Path, markers: tuple[str, ...], what: str) -> None:
+    """A non-empty folder ``out`` holding none of ``markers`` (entries that only this stage's output has,
+    e.g. a run's ``config.json``) belongs to someone else: refuse it, so that nothing of theirs is
+    replaced or mixed with ours. An empty folder, or one of ours (resumed by the stage), passes."""
+    out = Path(out)
+    if not out.is_dir() or any((out / m).exists() for m in markers):
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise NotAFolderError(
+            f"{out} is not empty ({shown}) and is not {what}; it is left as it is: choose a new or empty --out"
+        )
+
+
 @contextmanager
 def output_lock(out: str | Path, stage: str) -> Iterator[None]:
     """Hold ``<out>.lock`` for the whole run, or refuse at once if another run holds it."""
     import fcntl
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    make_folder(out.parent, out)
+    try:
+        fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only folder, ...
+        raise PipelineError(f"cannot write beside {out} ({e.strerror}); choose an --out in a writable folder") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,6 +90,17 @@ def output_lock(out: str | Path, stage: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def make_folder(folder: Path, out: Path) -> None:
+    """``mkdir -p folder`` for the output ``out``, or a one-line error (a path part that is a file, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError / NotADirectoryError: a part of the path is a file
+        raise PipelineError(
+            f"cannot create the folder {folder} for {out} ({e.strerror}); a part of the path may be a file: "
+            "choose another --out"
+        ) from None
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -135,27 +182,60 @@ def remove_temporaries(final: str | Path) -> None:
                 p.unlink(missing_ok=True)
 
 
+# ---- run summary ---------------------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    """What one run of a stage did. ``extras`` holds the stage's own figures (timings, memory)."""
+
+    total: int  # items of the input (manifest rows)
+    done_before: int  # finished by earlier runs, kept
+    done: int = 0  # finished by this run
+    failed: int = 0  # failed in this run
+    failures: dict[str, str] = field(default_factory=dict)  # item -> reason, failed items the output records
+    wall_s: float = 0.0
+    stopped_early: bool = False  # more failures than --max-failures: stopped, finished items kept
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (
+            f"{self.done} done, {self.failed} failed in this run ({self.wall_s:.1f} s); "
+            f"{self.done_before} done before; {self.total} items"
+        )
+
+    def log_failures(self, logger: logging.Logger, most: int = 10) -> None:
+        """The first ``most`` failures, one line each, then how many more."""
+        for item, reason in list(self.failures.items())[:most]:
+            logger.warning("  %s: %s", item, reason)
+        if len(self.failures) > most:
+            logger.warning("  ... and %d more", len(self.failures) - most)
+
+
 # ---- logging -------------------------------------------------------------------------------------------------------
 LOGGERS = ("pipeline", "trainer", "schemas", "bench")
 _FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _TqdmSafeHandler(logging.StreamHandler):
-    """Writes through ``tqdm.write`` so a message never tears a progress bar."""
+class _TqdmSafeHandler(logging.Handler):
+    """Writes to the current ``sys.stderr`` through ``tqdm.write``, so a message never tears a
+    progress bar (and a test runner's capture of stderr sees it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # logging must never raise
             self.handleError(record)
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool | None = None) -> None:
     """The command line's console: INFO (DEBUG with ``verbose``) and above on stderr, the
-    message alone. Idempotent."""
-    handler = _TqdmSafeHandler(sys.stderr)
+    message alone. Idempotent; ``verbose=None`` keeps the level an earlier call chose (the
+    root command's ``--verbose``), INFO if there was none."""
+    if verbose is None:
+        earlier = [h for h in logging.getLogger(LOGGERS[0]).handlers if h.get_name() == "x2ct-console"]
+        verbose = bool(earlier) and earlier[0].level <= logging.DEBUG
+    handler = _TqdmSafeHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler.set_name("x2ct-console")
@@ -167,10 +247,20 @@ def setup_logging(verbose: bool = False) -> None:
         logger.propagate = False
 
 
+def log_path(out: str | Path) -> Path:
+    """``<out>.log``: where a stage's run appends its full log, beside its output. A stage
+    starts it once the output is accepted (locked and checked), so a refused run leaves
+    nothing beside an ``--out`` that is not its own."""
+    out = Path(out)
+    return out.with_name(out.name + ".log")
+
+
 @contextmanager
 def log_to_file(path: str | Path) -> Iterator[Path]:
     """Append everything the project logs (DEBUG and above, timestamped) to ``path`` while
-    the block runs, e.g. ``<out>.log`` beside a store or ``out.log`` in a run folder."""
+    the block runs, e.g. ``<out>.log`` beside a store or ``out.log`` in a run folder. An
+    exception that ends the block is written there too (the console shows it once, from the
+    command line), with its traceback unless it is an expected :class:`PipelineError`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -182,6 +272,10 @@ def log_to_file(path: str | Path) -> Iterator[Path]:
         logger.addHandler(handler)
     try:
         yield path
+    except BaseException as e:
+        exc_info = None if isinstance(e, PipelineError) else (type(e), e, e.__traceback__)
+        handler.handle(logging.LogRecord(__name__, logging.ERROR, __file__, 0, "error: %s", (e,), exc_info))
+        raise
     finally:
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(handler)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas.base import StageConfig
 from schemas.errors import PipelineError
 from schemas.labels import N_LABELS, check_label_values
-from schemas.manifest import Split
+from schemas.manifest import Split, write_rows_jsonl
 
 
 class CXRManifestError(PipelineError, ValueError):
@@ -83,11 +83,5 @@ def read_cxr_manifest(path: str | Path) -> list[CXRRow]:
 
 
 def write_cxr_manifest(rows: Iterable[CXRRow], path: str | Path) -> None:
-    """Write atomically (temporary file, then rename), as :func:`schemas.manifest.write_manifest`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(row.model_dump_json(exclude_none=True) + "\n")
-    tmp.replace(path)
+    """Atomically, as a CT manifest; an existing file that is not a CXR manifest is refused."""
+    write_rows_jsonl(rows, path, "image_id")

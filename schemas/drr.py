@@ -205,6 +205,13 @@ class DRRStoreLayout(BaseModel):
     copy written by the driver alone at the end of each run (fast to read).
     ``ids`` (N,) str and ``labels`` (N, 18) int8 (-1: no label) are written once, when the
     store is created.
+
+    Every array names its dimensions (Zarr v3 ``dimension_names``: item, view, row, column,
+    label), ``view`` (V,) and ``label`` (18,) hold the view and label names, and the per-item
+    arrays name ``ids`` as their coordinate (the CF ``coordinates`` attribute), so
+    ``xarray.open_zarr(store, consolidated=False)`` opens the store as one Dataset indexed by
+    view and label with the volume ids along ``item``. Stores made before these names have
+    no ``dimension_names`` (the pipeline's readers use the arrays by name and accept both).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -221,7 +228,20 @@ class DRRStoreLayout(BaseModel):
     status: str = "status"
     status_snapshot: str = "status_snapshot"
     errors: str = "errors"
+    view_names: str = "view"
+    label_names: str = "label"
     zstd_level: int = 3
+
+    def dimension_names(self, array: str) -> tuple[str, ...]:
+        """The named dimensions of one of the store's arrays."""
+        image = ("item", "view", "row", "column")
+        return {
+            self.images: image,
+            self.line_integrals_name: image,
+            self.labels: ("item", "label"),
+            self.view_names: ("view",),
+            self.label_names: ("label",),
+        }.get(array, ("item",))
 
     @property
     def image_shape(self) -> tuple[int, int, int, int]:

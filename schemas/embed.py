@@ -39,6 +39,11 @@ D is the CT-CLIP config's ``dim_latent``: 512 for the official model.
 Row datasets are chunked (``ROW_CHUNK`` rows) and gzip-compressed with the
 shuffle filter, so that a few rows can be read without reading the file.
 
+Dimensions are named with HDF5 dimension scales (what netCDF-4 readers and
+xarray use): ``item`` (scale ``ids``), ``latent``, ``label`` (scale
+``label_names``) and ``failure`` (scale ``failures/ids``). Caches made before
+these scales have none; nothing in the pipeline reads them.
+
 Root attributes: ``layout_version``; ``provenance`` (JSON of
 :class:`schemas.provenance.Provenance`: stage config, software version,
 manifest sha256 of the run that created the file, checkpoint sha256, creation

@@ -225,18 +225,27 @@ def storable_line(text: str) -> str:
 
 def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> str:
     """Write rows atomically (temporary file, then rename); returns the manifest sha256."""
+    write_rows_jsonl(rows, path, "volume_id")
+    return manifest_sha256(path)
+
+
+def write_rows_jsonl(rows: Iterable[BaseModel], path: str | Path, id_field: str) -> None:
+    """One JSON object a line, atomically; an existing file is replaced only if it holds such rows
+    (its first line has ``id_field``)."""
     path = Path(path)
-    refuse_foreign_output(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_foreign_output(path, id_field)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a part of the path is a file, no permission
+        raise ManifestError(f"cannot create the folder of {path} ({e.strerror}); choose another --out") from None
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(row.model_dump_json(exclude_none=True) + "\n")
     tmp.replace(path)
-    return manifest_sha256(path)
 
 
-def refuse_foreign_output(path: Path) -> None:
+def refuse_foreign_output(path: Path, id_field: str = "volume_id") -> None:
     """A manifest replaces only a manifest: an existing ``path`` that is a folder, a device, or a
     file whose first line is not a manifest row (a CT, a CSV, a cache) is refused, never overwritten."""
     if not path.exists() and not path.is_symlink():
@@ -246,7 +255,7 @@ def refuse_foreign_output(path: Path) -> None:
     with path.open("rb") as f:
         head = f.read(1 << 16)
     first = next((line for line in head.split(b"\n") if line.strip()), b"")
-    ok = not head.strip() or (first.lstrip().startswith(b"{") and b'"volume_id"' in first)
+    ok = not head.strip() or (first.lstrip().startswith(b"{") and f'"{id_field}"'.encode() in first)
     if not ok:
         raise ManifestError(f"{path} exists and is not a manifest; it is left as it is: choose another --out")
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from pipeline.ctclip.checkpoint import check_finite_weights, first_line
 from pipeline.runtime import atomic_path
 from schemas.errors import PipelineError
 
@@ -51,9 +52,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointMismatchError(f"checkpoint {path} cannot be read ({e}); it is not a train checkpoint") from None
+        raise CheckpointMismatchError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {first_line(e)}); it is not a train checkpoint"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
         raise CheckpointMismatchError(f"{path} is not a train checkpoint (format {CHECKPOINT_FORMAT})")
+    # NaN or infinite weights (a damaged file, a diverged run) would score every image NaN: refuse them here,
+    # for evaluate, fewshot, predict and a resume alike.
+    weights = dict(ckpt["model"])
+    if "logit_scale" in ckpt:
+        weights["logit_scale"] = torch.as_tensor(ckpt["logit_scale"], dtype=torch.float32)
+    check_finite_weights(
+        path, weights, fix="use another checkpoint of the run (--checkpoint latest or a step_*.pt) or train again"
+    )
     return ckpt
 
 

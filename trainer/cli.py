@@ -56,6 +56,13 @@ def train(
     seed: int | None = typer.Option(None, help="Seed of the initialisation, sampling and augmentation (default: 0)."),
     workers: int | None = typer.Option(None, help="DataLoader worker processes per process (default: 4)."),
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints (default: 500)."),
+    keep_checkpoints: int | None = typer.Option(None, help="step_<N>.pt files kept, newest first (default: 3)."),
+    latent_dim: int | None = typer.Option(
+        None, help="Expected teacher latent width; refused before training if the cache differs (default: the cache's)."
+    ),
+    prompt_set: str | None = typer.Option(
+        None, help="Cache prompt set for the zero-shot AUROC: x2ct_clip or ct_clip (default: x2ct_clip)."
+    ),
     log_every: int | None = typer.Option(None, help="Steps between train lines of metrics.jsonl (default: 10)."),
     best_metric: str | None = typer.Option(
         None, help="auroc, x2c_recall@5/10, x2r_recall@5/10 or loss: selects best.pt (default: auroc)."
@@ -110,6 +117,9 @@ def train(
             "workers": workers,
             "checkpoint_every": checkpoint_every,
             "log_every": log_every,
+            "keep_checkpoints": keep_checkpoints,
+            "latent_dim": latent_dim,
+            "prompt_set": prompt_set,
             "best_metric": best_metric,
             "resume": resume,
             "progress": progress,

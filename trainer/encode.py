@@ -12,12 +12,6 @@ import numpy as np
 import torch
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def encode_images(
     encoder: torch.nn.Module,
     transform: Callable[[np.ndarray], torch.Tensor],

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from pipeline._version import __version__
-from pipeline.runtime import log_to_file, output_lock
+from pipeline.devices import refuse_missing_gpu
+from pipeline.runtime import log_to_file, output_lock, refuse_foreign_folder, refuse_non_folder
 from schemas.errors import PipelineError
 from schemas.provenance import Provenance, json_sha256
 from schemas.train import RunLayout, TrainConfig
@@ -66,9 +67,8 @@ class NonFiniteLossError(PipelineError):
 
 
 def pick_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
+    """This process's device; ``train`` has already refused --device cuda without a GPU."""
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise PipelineError("--device cuda: no CUDA device is visible; use --device cpu")
         return torch.device("cuda", env.local_rank)
     return torch.device("cpu")
 
@@ -265,6 +265,10 @@ def train(cfg: TrainConfig) -> Path:
     happens before the run directory is created or touched."""
     env = DistEnv.from_env()
     layout = RunLayout(root=cfg.out)
+    refuse_missing_gpu(cfg.device)  # before the lock file is made
+    refuse_non_folder(cfg.out, "a training run")
+    # out.log: a run killed before it wrote config.json has only its log there
+    refuse_foreign_folder(cfg.out, (layout.config.name, layout.checkpoints.name, layout.log.name), "a training run")
     with contextlib.ExitStack() as stack:
         if env.is_main:
             stack.enter_context(output_lock(cfg.out, "train"))

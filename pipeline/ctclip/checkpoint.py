@@ -63,7 +63,7 @@ def read_state_dict(path: str | Path, map_location="cpu") -> dict[str, torch.Ten
             obj = torch.load(path, map_location=map_location, weights_only=True)  # legacy (non-zip) format
     except Exception as e:  # torch raises several types for truncated, foreign or pickled-object files
         raise CheckpointError(
-            f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {_first_line(e)}). "
+            f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {first_line(e)}). "
             "The file may be truncated (compare its size and sha256 with the download) or not a torch.save file."
         ) from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -74,20 +74,30 @@ def read_state_dict(path: str | Path, map_location="cpu") -> dict[str, torch.Ten
     return obj
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, short enough for a one-line error."""
     lines = str(e).strip().splitlines()  # an empty file raises with an empty message
     return lines[0][:200] if lines else "no message"
 
 
-def check_finite_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
-    """Refuse NaN or infinite weights: they pass a strict key check and would give NaN latents for every input."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+DOWNLOAD_FIX = "the file is damaged or was saved from a diverged run: compare its sha256 with the download"
+
+
+def check_finite_weights(path: Path, state: dict[str, torch.Tensor], fix: str = DOWNLOAD_FIX) -> None:
+    """Refuse NaN or infinite weights: they pass a strict key check and would give NaN latents for every input.
+    ``fix``: what the user can do, the end of the one-line error.
+
+    A tensor's sum is finite whenever all its values are (unless it overflows, rare for weights: then
+    the exact test decides), and it costs about 1/25 of ``isfinite().all()``: 0.1 s against 2.5 s per
+    110M float32 values on one loaded core, which matters for the 440M-parameter checkpoint."""
+
+    def finite(v: torch.Tensor) -> bool:
+        return bool(torch.isfinite(v.sum())) or bool(torch.isfinite(v).all())
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and v.numel() and not finite(v)]
     if bad:
         listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise CheckpointError(
-            f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({listed}); the file is damaged or "
-            "was saved from a diverged run: compare its sha256 with the download"
-        )
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({listed}); {fix}")
 
 
 def expected_shapes(cfg: CTCLIPConfig | str = "official") -> dict[str, tuple[int, ...]]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
 
 from pipeline.cli_errors import friendly_errors
 from schemas.errors import ItemsFailedError
+
+log = logging.getLogger(__name__)
 
 CONFIG = typer.Option(
     None, "--config", help="YAML or JSON file with these options (nested as in schemas/drr.py); flags override it."
@@ -90,21 +93,13 @@ def simulate_drr(
         "render.post.seed": seed,
     }
     cfg = build_config(SimulateDRRConfig, config, overrides)
-    summary = run_stage(cfg, echo=typer.echo)
-    typer.echo(
-        f"{summary.done} rendered, {summary.failed} failed in this run ({summary.seconds:.1f} s, "
-        f"peak worker memory {summary.max_worker_rss_mb:.0f} MB); "
-        f"{len(summary.failures)} failed items recorded in {cfg.out}/errors"
-    )
-    for vid, reason in summary.failures[:10]:
-        typer.echo(f"  {vid}: {reason}", err=True)
-    if len(summary.failures) > 10:
-        typer.echo(f"  ... and {len(summary.failures) - 10} more", err=True)
-
-    if summary.aborted:
+    summary = run_stage(cfg)  # logs its progress and results, and writes them to <out>.log
+    if summary.stopped_early:
         raise ItemsFailedError(
             f"stopped: more than {cfg.max_failures} failures (--max-failures); finished items are kept in {cfg.out}"
         )
+    if summary.failed and not summary.done:
+        raise ItemsFailedError(f"every volume this run tried failed ({summary.failed}); nothing was rendered")
     if summary.failed and not summary.done:
         raise ItemsFailedError(f"every volume this run tried failed ({summary.failed}); nothing was rendered")
 
@@ -124,4 +119,4 @@ def preview(
 
     cfg = build_config(PreviewConfig, None, {"store": store, "out": out, "n": n, "columns": columns, "thumb": thumb})
     shown = contact_sheet(cfg)
-    typer.echo(f"wrote {cfg.out} ({shown} items)")
+    log.info("wrote %s (%d items)", cfg.out, shown)

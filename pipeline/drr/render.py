@@ -12,19 +12,6 @@ from pipeline.drr.physics import voxel_transform
 from pipeline.drr.postprocess import display_image, min_max, noise_generator, to_uint16
 from pipeline.drr.projector import project
 from schemas.drr import DRRRenderConfig
-from schemas.errors import PipelineError
-
-
-class DeviceError(PipelineError, RuntimeError):
-    """The requested device is not available here."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda, but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(device)
 
 
 @dataclass

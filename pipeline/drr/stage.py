@@ -11,15 +11,21 @@ A rerun skips items whose status is done; a killed run loses only the items in f
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.runtime import RunSummary
+from pipeline.task_driver import TaskDriver, dask_wait_any
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
 from schemas.manifest import ManifestRow, manifest_sha256, read_manifest
 from schemas.provenance import Provenance
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,26 +41,14 @@ class ItemResult:
     cpu_load_seconds: float = 0.0  # of which reading and decoding the CT
 
 
-@dataclass
-class StageSummary:
-    total: int
-    done_before: int
-    done: int = 0
-    failed: int = 0
-    aborted: bool = False
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    max_worker_rss_mb: float = 0.0
-    items: list[ItemResult] = field(default_factory=list)  # this run's results, in completion order
-
-
 def render_item(store: str, index: int, row_json: str, manifest_dir: str, cfg_json: str, threads: int) -> ItemResult:
     """Dask task: load one CT, render its views, write its item. Never raises for bad input:
     the failure is written to the item's error chunk and returned."""
     import torch
 
     from pipeline.ct_io import load_ct
-    from pipeline.drr.render import render_volume, resolve_device
+    from pipeline.devices import resolve_device
+    from pipeline.drr.render import render_volume
     from pipeline.drr.store import item_done, write_failure, write_item
 
     row = ManifestRow.model_validate_json(row_json)
@@ -121,15 +115,11 @@ def default_workers(cores: int) -> int:
 
 
 def _cluster(cfg: SimulateDRRConfig):
-    """(client, threads per task, closer). A local cluster is sized to the machine."""
+    """(client, threads per task, closer) of a local cluster sized to the machine (``--scheduler``
+    is connected to by :func:`run_stage`, before anything is written)."""
     from distributed import Client, LocalCluster
 
     cores = os.cpu_count() or 1
-    if cfg.scheduler is not None:
-        from pipeline.runtime import connect_scheduler
-
-        client = connect_scheduler(cfg.scheduler)
-        return client, cfg.threads_per_worker or 1, client.close
     workers = cfg.workers or default_workers(cores)
     threads = cfg.threads_per_worker or max(1, cores // workers)
     cluster = LocalCluster(
@@ -144,52 +134,62 @@ def _cluster(cfg: SimulateDRRConfig):
     return client, threads, close
 
 
-def run_stage(cfg: SimulateDRRConfig, client=None, echo=print) -> StageSummary:
-    """Render every pending item of the manifest into ``cfg.out``.
+def run_stage(cfg: SimulateDRRConfig, client=None) -> RunSummary:
+    """Render every pending item of the manifest into ``cfg.out``; the full log goes to ``<out>.log``.
 
     ``client``: an existing ``distributed.Client`` (tests pass an in-process one); otherwise a
-    cluster is made from ``cfg``.
+    cluster is made from ``cfg``. ``extras`` of the summary: ``max_worker_rss_mb`` and ``items``
+    (this run's :class:`ItemResult` in completion order).
     """
-    from pipeline.drr.store import refuse_non_folder
-    from pipeline.runtime import output_lock
+    from pipeline.devices import refuse_missing_gpu
+    from pipeline.runtime import output_lock, refuse_non_folder
 
     t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)  # refuses an empty manifest
     if client is None and cfg.scheduler is None:  # a remote cluster's workers have their own devices
         refuse_missing_gpu(cfg.device)
-    refuse_non_folder(cfg.out)  # before the lock file is made beside it
-    with output_lock(cfg.out, "simulate-drr"):  # one driver per store: two would render and write the same items
-        return _render_pending(cfg, rows, client, echo, t_start)
+    refuse_non_folder(cfg.out, "a Zarr store")  # before the lock file is made beside it
+    with ExitStack() as stack:
+        if client is None and cfg.scheduler is not None:  # an unreachable scheduler: refused before any write
+            from pipeline.runtime import connect_scheduler
+
+            client = stack.enter_context(connect_scheduler(cfg.scheduler))
+        # one driver per store: two would render and write the same items
+        stack.enter_context(output_lock(cfg.out, "simulate-drr"))
+        summary = _render_pending(cfg, rows, client, t_start, stack.enter_context(ExitStack()))
+        log.info(
+            "%s: %s; peak worker memory %.0f MB; %d failed items recorded in %s/errors",
+            cfg.out,
+            summary.line(),
+            summary.extras["max_worker_rss_mb"],
+            len(summary.failures),
+            cfg.out,
+        )
+        summary.log_failures(log)
+        return summary
 
 
-def refuse_missing_gpu(device: str) -> None:
-    """``--device cuda`` on a machine without a GPU would fail every item: refuse it before starting."""
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        from schemas.errors import PipelineError
-
-        raise PipelineError("--device cuda but torch sees no CUDA GPU on this machine; use --device cpu or auto")
-
-
-def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, echo, t_start: float) -> StageSummary:
-    from distributed import as_completed
-    from tqdm import tqdm
-
-    from pipeline.drr.store import failures, open_or_create, read_status, write_failure, write_status_snapshot
+def _render_pending(
+    cfg: SimulateDRRConfig, rows: list[ManifestRow], client, t_start, log_file: ExitStack
+) -> RunSummary:
+    from pipeline.drr.store import failures, open_or_create, read_status, write_status_snapshot
+    from pipeline.runtime import log_path, log_to_file
 
     sha = manifest_sha256(cfg.manifest)
     layout = DRRStoreLayout(
         n_items=len(rows), views=cfg.render.views, size=cfg.render.geometry.size, line_integrals=cfg.line_integrals
     )
     group = open_or_create(cfg, layout, rows, _provenance(cfg, sha))
+    log_file.enter_context(log_to_file(log_path(cfg.out)))  # the store is accepted
     status = read_status(group)
     candidates = range(len(rows)) if cfg.limit is None else range(min(cfg.limit, len(rows)))
     pending = [i for i in candidates if status[i] != ItemStatus.DONE]
-    summary = StageSummary(total=len(rows), done_before=int((status == ItemStatus.DONE).sum()))
-    echo(f"{cfg.out}: {summary.done_before}/{len(rows)} done before this run, {len(pending)} to render")
+    summary = RunSummary(total=len(rows), done_before=int((status == ItemStatus.DONE).sum()))
+    summary.extras.update(max_worker_rss_mb=0.0, items=[])
+    log.info("%s: %d/%d done before this run, %d to render", cfg.out, summary.done_before, len(rows), len(pending))
     if not pending:
-        summary.failures = failures(group)
+        summary.failures = dict(failures(group))
+        summary.wall_s = time.perf_counter() - t_start
         return summary
 
     close = None
@@ -198,83 +198,87 @@ def _render_pending(cfg: SimulateDRRConfig, rows: list[ManifestRow], client, ech
     else:
         threads = cfg.threads_per_worker or 1
     try:
-        echo(f"Dask dashboard: {client.dashboard_link}")
-        _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqdm, write_failure)
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        driver = TaskDriver("simulate-drr", len(pending), cfg.max_failures, progress=cfg.progress)
+        driver.run(_RenderTasks(client, threads, cfg, rows, pending, summary, driver))
     finally:
         if close is not None:
             close()
+    summary.done, summary.failed, summary.stopped_early = driver.done, len(driver.failures), driver.stopped_early
     final = read_status(group)
     write_status_snapshot(group, final)
-    summary.failures = failures(group, final)
-    summary.seconds = time.perf_counter() - t_start
+    summary.failures = dict(failures(group, final))
+    summary.wall_s = time.perf_counter() - t_start
     group.attrs["summary"] = {
         "done": int((final == ItemStatus.DONE).sum()),
         "failed": len(summary.failures),
         "total": len(rows),
-        "last_run_seconds": round(summary.seconds, 2),
-        "last_run_max_worker_rss_mb": round(summary.max_worker_rss_mb, 1),
+        "last_run_seconds": round(summary.wall_s, 2),
+        "last_run_max_worker_rss_mb": round(summary.extras["max_worker_rss_mb"], 1),
     }
     return summary
 
 
-def _drive(client, threads, cfg, rows, pending, summary, echo, as_completed, tqdm, write_failure) -> None:
-    """Keep a bounded window of tasks in flight (memory of the scheduler stays small for 50k
-    items) and stop submitting once failures pass ``max_failures``."""
-    from pipeline.drr.store import item_done
+class _RenderTasks:
+    """One task per pending item, at most two per worker thread in flight (the scheduler's memory stays
+    small for 50k items); the task writes its item, this side records the outcome."""
 
-    store, manifest_dir = str(cfg.out), str(cfg.manifest.parent.resolve())
-    cfg_json = cfg.model_dump_json()
-    n_slots = max(1, sum(client.nthreads().values())) * 2
-    queue = list(reversed(pending))
-    # Keys name this run: on a shared scheduler another run's task of the same item (another
-    # store, or a previous run whose keys are not yet forgotten) would otherwise be taken for ours.
-    run_token = uuid.uuid4().hex[:12]
+    def __init__(self, client, threads, cfg: SimulateDRRConfig, rows, pending: list[int], summary, driver: TaskDriver):
+        self.client, self.threads, self.rows, self.summary, self.driver = client, threads, rows, summary, driver
+        self.store, self.manifest_dir = str(cfg.out), str(cfg.manifest.parent.resolve())
+        self.cfg_json = cfg.model_dump_json()
+        self.n_slots = max(1, sum(client.nthreads().values())) * 2
+        self.queue = list(reversed(pending))
+        self.futures: dict = {}  # future -> item index
+        # Keys name this run: on a shared scheduler another run's task of the same item (another
+        # store, or a previous run whose keys are not yet forgotten) would otherwise be taken for ours.
+        self.run_token = uuid.uuid4().hex[:12]
 
-    def submit():
-        i = queue.pop()
-        return client.submit(
-            render_item,
-            store,
-            i,
-            rows[i].model_dump_json(),
-            manifest_dir,
-            cfg_json,
-            threads,
-            key=f"drr-{i}-{run_token}-{rows[i].volume_id}",
-            pure=False,
-            retries=0,
-        )
+    def has_work(self) -> bool:
+        return bool(self.queue or self.futures)
 
-    in_flight = {submit() for _ in range(min(n_slots, len(queue)))}
-    running = as_completed(list(in_flight))
-    bar = tqdm(total=len(pending), unit="vol", desc="simulate-drr", disable=not cfg.progress)
-    for fut in running:
+    def refill(self) -> None:
+        while self.queue and len(self.futures) < self.n_slots:
+            i = self.queue.pop()
+            fut = self.client.submit(
+                render_item,
+                self.store,
+                i,
+                self.rows[i].model_dump_json(),
+                self.manifest_dir,
+                self.cfg_json,
+                self.threads,
+                key=f"drr-{i}-{self.run_token}-{self.rows[i].volume_id}",
+                pure=False,
+                retries=0,
+            )
+            self.futures[fut] = i
+
+    def in_flight(self) -> list:
+        return list(self.futures)
+
+    def wait_any(self, handles: list) -> set:
+        return dask_wait_any(handles)
+
+    def finish(self, fut) -> None:
+        from pipeline.drr.store import item_done, write_failure
+
+        i = self.futures.pop(fut)
         try:
             res: ItemResult = fut.result()
         except Exception as e:  # the worker died (e.g. killed for memory): record it for the item
-            i = int(fut.key.split("-")[1])
-            if item_done(store, i):  # it died after finishing the item: the item stays done
-                res = ItemResult(i, rows[i].volume_id, True)
+            if item_done(self.store, i):  # it died after finishing the item: the item stays done
+                res = ItemResult(i, self.rows[i].volume_id, True)
             else:
-                res = ItemResult(i, rows[i].volume_id, False, f"worker lost: {type(e).__name__}: {e}")
-                write_failure(store, i, res.reason)
-        in_flight.discard(fut)
-        summary.max_worker_rss_mb = max(summary.max_worker_rss_mb, res.peak_rss_mb)
-        summary.items.append(res)
-        bar.update(1)
+                res = ItemResult(i, self.rows[i].volume_id, False, f"worker lost: {type(e).__name__}: {e}")
+                write_failure(self.store, i, res.reason)
+        extras = self.summary.extras
+        extras["max_worker_rss_mb"] = max(extras["max_worker_rss_mb"], res.peak_rss_mb)
+        extras["items"].append(res)
         if res.ok:
-            summary.done += 1
+            self.driver.succeeded()
         else:
-            summary.failed += 1
-            bar.write(f"failed: {res.volume_id}: {res.reason}")
-        if summary.failed > cfg.max_failures:
-            summary.aborted = True
-            bar.write(f"more than {cfg.max_failures} failures: stopping (finished items are kept)")
-            break
-        if queue:
-            new = submit()
-            in_flight.add(new)
-            running.add(new)
-    bar.close()
-    if summary.aborted:
-        client.cancel(list(in_flight))
+            self.driver.failed(res.volume_id, res.reason)
+
+    def cancel(self, handles: list) -> None:
+        self.client.cancel(handles)

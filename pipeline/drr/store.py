@@ -13,6 +13,10 @@ Layout (:class:`schemas.drr.DRRStoreLayout`):
   a fast-to-read copy; :func:`read_status` combines it with the per-item chunks, reading
   only the chunks of items not done in the snapshot (50k single-item chunks take about 13 s).
 * ``ids`` (N,) str and ``labels`` (N, 18) int8 (-1: no label), written once at creation.
+* ``view`` (V,) and ``label`` (18,) str: the view and label names. Every array names its
+  dimensions (item, view, row, column; label) and the per-item ones name ``ids`` their
+  coordinate, so ``xarray.open_zarr(store, consolidated=False)`` gives one Dataset
+  (stores made before have no dimension names; the functions here accept both).
 * attributes: ``provenance`` (config, its content hash, software version, manifest sha256),
   ``manifest_rows`` (row count and a hash of the rows' content), ``layout``,
   ``uint16_mapping``, ``summary`` (after each run).
@@ -39,9 +43,10 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from pipeline.runtime import atomic_dir, remove_temporaries
+from pipeline.runtime import atomic_dir, refuse_non_folder, remove_temporaries
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
 from schemas.errors import PipelineError
+from schemas.labels import CT_RATE_LABELS, N_LABELS
 from schemas.manifest import ManifestRow, storable_line
 from schemas.provenance import Provenance
 
@@ -52,14 +57,6 @@ UINT16_NOTE = (
 
 class StoreMismatchError(PipelineError, ValueError):
     """The store was made with another config or manifest; continuing it would mix outputs."""
-
-
-def refuse_non_folder(path: Path) -> None:
-    """A store is a folder: an existing file, device or broken link at ``--out`` is left alone."""
-    if (path.exists() or path.is_symlink()) and not path.is_dir():
-        raise StoreMismatchError(
-            f"{path} exists and is not a folder (a Zarr store is one); it is left as it is: choose another --out"
-        )
 
 
 def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> zarr.Group:
@@ -73,41 +70,49 @@ def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], pr
 def _build_store(folder: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> None:
     group = zarr.open_group(str(folder), mode="w")
     compressor = ZstdCodec(level=layout.zstd_level)
-    group.create_array(
-        layout.images,
+    n = layout.n_items
+    per_item = {"coordinates": layout.ids}  # CF: ids label the item dimension (xarray reads it)
+
+    def create(name: str, **kw) -> zarr.Array:
+        return group.create_array(name, dimension_names=layout.dimension_names(name), **kw)
+
+    image = dict(
         shape=layout.image_shape,
-        dtype="uint16",
         chunks=layout.image_chunks,
         shards=layout.image_shards,
         compressors=compressor,
         fill_value=0,
+        attributes=per_item,
     )
+    create(layout.images, dtype="uint16", **image)
     if layout.line_integrals:
-        group.create_array(
-            layout.line_integrals_name,
-            shape=layout.image_shape,
-            dtype="float16",
-            chunks=layout.image_chunks,
-            shards=layout.image_shards,
-            compressors=compressor,
-            fill_value=0,
-        )
-    n = layout.n_items
-    group.create_array(layout.status, shape=(n,), dtype="uint8", chunks=(1,), fill_value=ItemStatus.PENDING)
-    group.create_array(layout.errors, shape=(n,), dtype=str, chunks=(1,), fill_value="")
-    group.create_array(
-        layout.status_snapshot, shape=(n,), dtype="uint8", chunks=(max(n, 1),), fill_value=ItemStatus.PENDING
+        create(layout.line_integrals_name, dtype="float16", **image)
+    create(layout.status, shape=(n,), dtype="uint8", chunks=(1,), fill_value=ItemStatus.PENDING, attributes=per_item)
+    create(layout.errors, shape=(n,), dtype=str, chunks=(1,), fill_value="", attributes=per_item)
+    create(
+        layout.status_snapshot,
+        shape=(n,),
+        dtype="uint8",
+        chunks=(max(n, 1),),
+        fill_value=ItemStatus.PENDING,
+        attributes=per_item,
     )
-    ids = group.create_array(layout.ids, shape=(n,), dtype=str, chunks=(max(n, 1),), fill_value="")
+    ids = create(layout.ids, shape=(n,), dtype=str, chunks=(max(n, 1),), fill_value="")
     ids[:] = np.array([r.volume_id for r in rows], dtype=object)
-    labels = group.create_array(
+    n_labels = len(rows[0].labels) if rows else N_LABELS
+    labels = create(
         layout.labels,
-        shape=(n, len(rows[0].labels) if rows else 18),
+        shape=(n, n_labels),
         dtype="int8",
-        chunks=(max(n, 1), 18),
+        chunks=(max(n, 1), n_labels),
         fill_value=-1,
+        attributes=per_item,
     )
     labels[:] = _labels(rows)
+    views = create(layout.view_names, shape=(len(layout.views),), dtype=str, chunks=(len(layout.views),), fill_value="")
+    views[:] = np.array(layout.views, dtype=object)
+    names = create(layout.label_names, shape=(n_labels,), dtype=str, chunks=(n_labels,), fill_value="")
+    names[:] = np.array(CT_RATE_LABELS[:n_labels], dtype=object)
     group.attrs.update(
         {
             "provenance": provenance.model_dump(mode="json"),
@@ -165,7 +170,7 @@ def _describe_diff(old: dict, new: dict, prefix: str) -> str:
 
 def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provenance: Provenance) -> zarr.Group:
     path = cfg.out
-    refuse_non_folder(path)
+    refuse_non_folder(path, "a Zarr store")
     if path.exists() and cfg.overwrite:
         discard_store(path)
     elif path.parent.is_dir():

@@ -147,6 +147,7 @@ def _write_header(f: h5py.File, header: CacheHeader) -> None:
             g.create_dataset(f"{kind}_text", data=np.array(texts[kind], dtype=object), dtype=STR)
     f.create_dataset("failures/ids", shape=(0,), maxshape=(None,), dtype=STR, chunks=(ROW_CHUNK,))
     f.create_dataset("failures/reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(ROW_CHUNK,))
+    _name_dimensions(f)
     prov = header.provenance
     f.attrs.update(
         {
@@ -162,6 +163,37 @@ def _write_header(f: h5py.File, header: CacheHeader) -> None:
             "created": prov.created,
         }
     )
+
+
+def _name_dimensions(f: h5py.File) -> None:
+    """HDF5 dimension scales, as netCDF-4 and xarray read them: every dataset labels its dimensions
+    (item, latent, label, failure) and the per-row datasets take ``ids`` as the scale of ``item``,
+    the label and prompt datasets ``label_names`` as the scale of ``label``. A cache made before
+    has none; the readers do not use them."""
+
+    def name(dataset: h5py.Dataset, *labels: str, scales: tuple[h5py.Dataset | None, ...] = ()) -> None:
+        for axis, label in enumerate(labels):
+            dataset.dims[axis].label = label
+            scale = scales[axis] if axis < len(scales) else None
+            if scale is not None:
+                dataset.dims[axis].attach_scale(scale)
+
+    ids, label_names, failed = f["ids"], f["label_names"], f["failures/ids"]
+    ids.make_scale("item")
+    label_names.make_scale("label")
+    failed.make_scale("failure")
+    name(ids, "item")
+    name(label_names, "label")
+    name(failed, "failure")
+    name(f["scan_ids"], "item", scales=(ids,))
+    name(f["ct"], "item", "latent", scales=(ids,))
+    name(f["report"], "item", "latent", scales=(ids,))
+    name(f["labels"], "item", "label", scales=(ids, label_names))
+    name(f["failures/reasons"], "failure", scales=(failed,))
+    for set_name in PROMPT_TEMPLATES:
+        for kind in ("positive", "negative"):
+            name(f[f"prompts/{set_name}/{kind}"], "label", "latent", scales=(label_names,))
+            name(f[f"prompts/{set_name}/{kind}_text"], "label", scales=(label_names,))
 
 
 def _append_rows(f: h5py.File, rows: Rows) -> None:
@@ -259,7 +291,9 @@ class EmbeddingCache:
             self.merge(extra_manifest=manifest_sha256 if new_manifest else None)
 
     def _check_identity(self) -> None:
-        theirs = read_identity(self.path)  # refuse_foreign made sure there is one
+        theirs = read_identity(self.path)
+        if theirs is None:  # refuse_foreign has checked for one; a file replaced since then is not ours
+            raise CacheMismatchError(f"{self.path} is not an embed-ct cache (no identity); choose another --out")
         if theirs.sha256() != self.identity.sha256():
             diffs = "; ".join(self.identity.differences(theirs))
             raise CacheMismatchError(

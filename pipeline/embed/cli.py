@@ -73,19 +73,8 @@ def embed_ct(
             "progress": progress,
         },
     )
-    s = run_embed(cfg)  # more failures than --max-failures: TooManyFailures, exit status 1
-    rate = f", {s.embedded / s.work_s:.2f} volumes/s after start-up" if s.embedded and s.work_s else ""
-    typer.echo(
-        f"{cfg.out}: {s.embedded} embedded, {s.already_done} already there, {len(s.failures)} failed "
-        f"of {s.total} ({s.wall_s:.1f} s{rate}; {s.texts_embedded} distinct reports embedded)"
-    )
-    if s.failures:
-        typer.secho(
-            f"{len(s.failures)} failure(s), recorded in {cfg.out} under failures/:", fg=typer.colors.YELLOW, err=True
-        )
-        for vid, why in list(s.failures.items())[:10]:
-            typer.echo(f"  {vid}: {why}", err=True)
-    if s.failures and not s.embedded:
+    s = run_embed(cfg)  # logs its progress and results (also to <out>.log); too many failures: exit status 1
+    if s.failures and not s.done:
         from schemas.errors import ItemsFailedError
 
         raise ItemsFailedError(f"every volume this run tried failed ({len(s.failures)}); nothing was embedded")

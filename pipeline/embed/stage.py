@@ -10,41 +10,40 @@ volumes that need them.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from pipeline.devices import refuse_missing_gpu
 from pipeline.embed.cache import CacheHeader, EmbeddingCache
 from pipeline.embed.errors import EmbedError, TooManyFailures
 from pipeline.embed.model import ModelSpec, prompt_latents
 from pipeline.embed.shards import Rows
 from pipeline.embed.work import decode_volume, embed_batch, labels_u8, load_kwargs_of
+from pipeline.runtime import RunSummary, log_path, log_to_file
+from pipeline.task_driver import TaskDriver
 from schemas.embed import EmbedConfig, EmbedIdentity, embed_row_sha256
 from schemas.manifest import ManifestRow, manifest_sha256, read_manifest, storable_line
 from schemas.provenance import Provenance
 
+log = logging.getLogger(__name__)
 
-@dataclass
-class EmbedSummary:
-    out: Path
-    total: int  # manifest rows
-    already_done: int
-    embedded: int
-    failures: dict[str, str] = field(default_factory=dict)
-    wall_s: float = 0.0
-    work_s: float = 0.0  # the scheduling loop alone: no cluster start, no model loading
-    load_s: list[float] = field(default_factory=list)  # per volume
-    preprocess_s: list[float] = field(default_factory=list)
-    model_ct_s: float = 0.0  # summed over batches
-    model_text_s: float = 0.0
-    texts_embedded: int = 0
-    stopped_early: bool = False
-    dashboard: str | None = None
+
+def _new_extras() -> dict:
+    """embed-ct's figures in :attr:`RunSummary.extras`."""
+    return {
+        "work_s": 0.0,  # the scheduling loop alone: no cluster start, no model loading
+        "load_s": [],  # per volume
+        "preprocess_s": [],
+        "model_ct_s": 0.0,  # summed over batches
+        "model_text_s": 0.0,
+        "texts_embedded": 0,  # distinct reports embedded
+        "dashboard": None,
+    }
 
 
 def make_identity(cfg: EmbedConfig) -> EmbedIdentity:
@@ -78,10 +77,8 @@ def local_gpus(device: str) -> int:
     """GPUs of this machine a local cluster gives one model worker each (0 on CPU)."""
     import torch
 
-    n = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-    if device == "cuda" and n == 0:
-        raise EmbedError("--device cuda but no CUDA GPU is visible here; use --device cpu or auto")
-    return n
+    refuse_missing_gpu(device)
+    return torch.cuda.device_count() if device in ("auto", "cuda") else 0
 
 
 def spec_shape(model: str) -> tuple[int, int, int]:
@@ -100,12 +97,38 @@ def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
     return sorted(rows, key=lambda r: first[r.scan_id])
 
 
-def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) -> EmbedSummary:
-    """Embed every manifest row not yet in ``cfg.out``; see docs/embed-ct.md."""
+def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) -> RunSummary:
+    """Embed every manifest row not yet in ``cfg.out``; see docs/embed-ct.md.
+    The full log goes to ``<out>.log``; ``extras`` of the summary: see :func:`_new_extras`."""
+    t_start = time.perf_counter()
+    with ExitStack() as log_file:
+        summary = _embed(cfg, on_commit, t_start, log_file)
+        log.info(
+            "%s: %s; %d distinct reports embedded%s",
+            cfg.out,
+            summary.line(),
+            summary.extras["texts_embedded"],
+            f"; {summary.done / summary.extras['work_s']:.2f} volumes/s after start-up"
+            if summary.done and summary.extras["work_s"]
+            else "",
+        )
+        if summary.failures:
+            log.warning("%d failure(s), recorded in %s under failures/:", len(summary.failures), cfg.out)
+            summary.log_failures(log)
+        if summary.stopped_early:
+            raise TooManyFailures(
+                f"stopped after {len(summary.failures)} failures (--max-failures {cfg.max_failures}); "
+                f"{summary.done} rows were committed to {cfg.out}. First: {next(iter(summary.failures.items()))}"
+            )
+        return summary
+
+
+def _embed(
+    cfg: EmbedConfig, on_commit: Callable[[int], None] | None, t_start: float, log_file: ExitStack
+) -> RunSummary:
     from pipeline.ctclip.text import report_text
     from pipeline.embed.backends import make_backend
 
-    t_start = time.perf_counter()
     rows = read_manifest(cfg.manifest)
     m_sha = manifest_sha256(cfg.manifest)
     n_gpus = 0 if cfg.scheduler else local_gpus(cfg.device)  # a remote cluster's model workers decide for themselves
@@ -122,18 +145,20 @@ def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) 
     with EmbeddingCache.open(
         cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha, row_sha256=row_hashes
     ) as cache:
+        log_file.enter_context(log_to_file(log_path(cfg.out)))  # the cache is locked and accepted
         cache.merge_fraction, cache.merge_min_rows = cfg.merge_fraction, cfg.merge_min_rows
         done = cache.done_ids()
         todo = [r for r in scan_order(rows) if r.volume_id not in done]
-        summary = EmbedSummary(out=cfg.out, total=len(rows), already_done=len(rows) - len(todo), embedded=0)
+        summary = RunSummary(total=len(rows), done_before=len(rows) - len(todo), extras=_new_extras())
+        log.info("%s: %d/%d done before this run, %d to embed", cfg.out, summary.done_before, len(rows), len(todo))
         if not todo and cache.exists:
             summary.wall_s = time.perf_counter() - t_start
             return summary  # nothing to do: no cluster, no model
         backend = make_backend(cfg.workers, cfg.scheduler, n_gpus, cfg.model_threads)
         try:
-            summary.dashboard = backend.dashboard
+            summary.extras["dashboard"] = backend.dashboard
             if backend.dashboard:
-                print(f"Dask dashboard: {backend.dashboard}", file=sys.stderr)
+                log.info("Dask dashboard: %s", backend.dashboard)
             # Loads the checkpoint on the model worker first: a wrong one is refused before any volume is read.
             temperature, prompts = backend.call_model(prompt_latents, spec)
             if not cache.exists:
@@ -148,16 +173,18 @@ def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) 
                 cache.create(CacheHeader(identity=identity, provenance=prov, temperature=temperature, prompts=prompts))
             if todo:
                 t_work = time.perf_counter()
-                _Runner(cfg, backend, cache, spec, summary, report_text, on_commit, Path(cfg.manifest).parent).run(todo)
-                summary.work_s = time.perf_counter() - t_work
+                driver = TaskDriver("embed-ct", len(todo), cfg.max_failures, progress=cfg.progress)
+                runner = _Runner(cfg, backend, cache, spec, summary, driver, report_text, on_commit, todo)
+                try:
+                    driver.run(runner)
+                finally:
+                    runner.commit(force=True)
+                summary.done, summary.failures = driver.done, driver.failures
+                summary.failed, summary.stopped_early = len(driver.failures), driver.stopped_early
+                summary.extras["work_s"] = time.perf_counter() - t_work
         finally:
             backend.close()
     summary.wall_s = time.perf_counter() - t_start
-    if summary.stopped_early:
-        raise TooManyFailures(
-            f"stopped after {len(summary.failures)} failures (--max-failures {cfg.max_failures}); "
-            f"{summary.embedded} rows were committed to {cfg.out}. First: {next(iter(summary.failures.items()))}"
-        )
     return summary
 
 
@@ -168,11 +195,13 @@ def _version() -> str:
 
 
 class _Runner:
-    """The scheduling loop: keep decodes and model batches in flight, commit finished rows in order of completion."""
+    """embed-ct's tasks for the shared :class:`TaskDriver`: decodes and the model batches they are grouped
+    into stay in flight up to the prefetch; finished rows are committed in order of completion."""
 
-    def __init__(self, cfg, backend, cache, spec, summary, report_text, on_commit, manifest_dir):
+    def __init__(self, cfg, backend, cache, spec, summary, driver, report_text, on_commit, todo: list[ManifestRow]):
         self.cfg, self.backend, self.cache, self.spec, self.summary = cfg, backend, cache, spec, summary
-        self.on_commit, self.manifest_dir = on_commit, manifest_dir
+        self.driver, self.on_commit, self.manifest_dir = driver, on_commit, Path(cfg.manifest).parent
+        self.queue = list(reversed(todo))
         self._report_text = report_text
         per_batch = cfg.batch_size * backend.n_model
         volume_bytes = 4 * np.prod(spec_shape(cfg.model))
@@ -191,26 +220,26 @@ class _Runner:
         self.waiting: list = []  # (row, CT latent) whose report latent another running task computes
         self.buffer: list[Rows] = []
         self.buffered = 0
-        self.bar: Any = None  # a tqdm bar while run() runs
 
-    def run(self, todo: list[ManifestRow]) -> None:
-        from tqdm import tqdm
+    # ---- the driver's side (TaskSource) -----------------------------------------------------------------------------
+    def has_work(self) -> bool:
+        return bool(self.queue or self.decoding or self.ready or self.batches)
 
-        self.bar = tqdm(total=len(todo), desc="embed-ct", unit="vol", disable=not self.cfg.progress, dynamic_ncols=True)
-        queue = list(reversed(todo))
-        try:
-            while queue or self.decoding or self.ready or self.batches:
-                if self.summary.stopped_early:
-                    break
-                self._top_up(queue)
-                self._submit_batches(final=not queue and not self.decoding)
-                for h in self.backend.wait_any(list(self.decoding) + list(self.batches), timeout=0.5):
-                    self._finished(h)
-        finally:
-            if self.summary.stopped_early:
-                self.backend.cancel(list(self.decoding) + list(self.batches))
-            self._commit(force=True)
-            self.bar.close()
+    def refill(self) -> None:
+        self._top_up()
+        self._submit_batches(final=not self.queue and not self.decoding)
+
+    def in_flight(self) -> list:
+        return list(self.decoding) + list(self.batches)
+
+    def wait_any(self, handles: list) -> set:
+        return self.backend.wait_any(handles, timeout=0.5)
+
+    def finish(self, h) -> None:
+        self._finished(h)
+
+    def cancel(self, handles: list) -> None:
+        self.backend.cancel(handles)
 
     def text(self, row: ManifestRow) -> str:
         """The report as the official loader feeds it to the text encoder (findings + impressions, cleaned)."""
@@ -220,9 +249,9 @@ class _Runner:
     def _in_flight(self) -> int:
         return len(self.decoding) + len(self.ready) + sum(len(r) for r, _ in self.batches.values())
 
-    def _top_up(self, queue: list[ManifestRow]) -> None:
-        while queue and self._in_flight() < self.prefetch and not self.summary.stopped_early:
-            row = queue.pop()
+    def _top_up(self) -> None:
+        while self.queue and self._in_flight() < self.prefetch and not self.driver.stopped_early:
+            row = self.queue.pop()
             if not self.text(row).strip():
                 self._fail(row.volume_id, "empty report (no findings or impressions in the manifest)")
                 continue
@@ -277,15 +306,16 @@ class _Runner:
                 self.waiting.append((r, result.ct[r.volume_id]))
         self._complete_waiting()
         self._sweep()
-        self._commit()
+        self.commit()
 
     def _record_timings(self, result) -> None:
-        self.summary.model_ct_s += result.ct_s
-        self.summary.model_text_s += result.text_s
-        self.summary.texts_embedded += len(result.texts)
+        extras = self.summary.extras
+        extras["model_ct_s"] += result.ct_s
+        extras["model_text_s"] += result.text_s
+        extras["texts_embedded"] += len(result.texts)
         for load_s, pre_s in result.timings.values():
-            self.summary.load_s.append(load_s)
-            self.summary.preprocess_s.append(pre_s)
+            extras["load_s"].append(load_s)
+            extras["preprocess_s"].append(pre_s)
 
     def _complete_waiting(self) -> None:
         """Rows whose CT latent is back and whose report latent is now known become committed rows."""
@@ -304,8 +334,7 @@ class _Runner:
             )
         )
         self.buffered += len(done)
-        self.summary.embedded += len(done)
-        self.bar.update(len(done))
+        self.driver.succeeded(len(done))
 
     def _texts_lost(self, texts: list[str], reason: str) -> None:
         """A failed task's texts: embed them once more (a text-only task) if other rows need them."""
@@ -336,20 +365,17 @@ class _Runner:
 
     def _fail(self, volume_id: str, reason: str) -> None:
         reason = storable_line(reason)[:2000]
-        self.summary.failures[volume_id] = reason
         self.buffer.append(Rows(failed_ids=[volume_id], failed_reasons=[reason]))
-        self.bar.update(1)
-        self.bar.write(f"failed {volume_id}: {reason[:300]}")
-        if len(self.summary.failures) > self.cfg.max_failures:
-            self.summary.stopped_early = True
+        self.driver.failed(volume_id, reason)
 
-    def _commit(self, force: bool = False) -> None:
+    def commit(self, force: bool = False) -> None:
+        """Make the buffered rows durable once ``commit_every`` are there (``force``: now)."""
         if not self.buffer or (self.buffered < self.cfg.commit_every and not force):
             return
         self.cache.commit(Rows.concat(self.buffer))
         self.buffer, self.buffered = [], 0
         if self.on_commit is not None:
-            self.on_commit(self.summary.embedded)
+            self.on_commit(self.driver.done)
 
 
 def _reason(err: BaseException) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
 
 from pipeline.cli_errors import friendly_errors
+
+log = logging.getLogger(__name__)
 
 manifest_app = typer.Typer(
     help="Build a manifest (JSON Lines, one volume a line) from a data folder.", no_args_is_help=True
@@ -22,13 +25,13 @@ def _finish(result, out: Path, write=None) -> None:
     (write or write_manifest)(result.rows, out)
     digest = manifest_sha256(out)
     problems_file = write_problems(result.problems, out)
-    typer.echo(f"wrote {len(result.rows)} rows to {out} (sha256 {digest[:12]})")
+    log.info("wrote %d rows to %s (sha256 %s)", len(result.rows), out, digest[:12])
     if problems_file:
-        typer.secho(f"{len(result.problems)} problem(s), listed in {problems_file}:", fg=typer.colors.YELLOW, err=True)
+        log.warning("%d problem(s), listed in %s:", len(result.problems), problems_file)
         for p in result.problems[:10]:
-            typer.echo(f"  {p.line()}", err=True)
+            log.warning("  %s", p.line())
         if len(result.problems) > 10:
-            typer.echo(f"  ... and {len(result.problems) - 10} more", err=True)
+            log.warning("  ... and %d more", len(result.problems) - 10)
 
 
 @manifest_app.command("ct-rate")

@@ -31,8 +31,6 @@ def synth(
     ),
 ) -> None:
     """Synthetic chest CTs with drawn abnormalities, reports and labels, in CT-RATE layout and CSV formats."""
-    import time
-
     from pipeline.config_file import build_config
     from pipeline.synth.writer import synthesize
     from schemas.stages import SynthConfig
@@ -42,10 +40,4 @@ def synth(
         config,
         dict(out=out, n=n, size=size, seed=seed, valid_fraction=valid_fraction, workers=workers, overwrite=overwrite),
     )
-    start = time.perf_counter()
-    recs = synthesize(cfg, progress=progress)
-    splits = {s: sum(r.split == s for r in recs) for s in ("train", "valid")}
-    typer.echo(
-        f"wrote {len(recs)} volumes ({splits['train']} train, {splits['valid']} valid) to {cfg.out} "
-        f"in {time.perf_counter() - start:.1f} s"
-    )
+    synthesize(cfg, progress=progress)  # logs its result (also to <out>.log)

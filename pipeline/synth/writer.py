@@ -21,15 +21,27 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
+import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtime import atomic_path, atomic_write_text, remove_temporaries
+from pipeline.runtime import (
+    atomic_path,
+    atomic_write_text,
+    log_path,
+    log_to_file,
+    make_folder,
+    output_lock,
+    refuse_non_folder,
+    remove_temporaries,
+)
 from pipeline.synth.plan import PatientPlan, ReconPlan, ScanPlan, build_plan, rng_for
 from pipeline.synth.reports import write_report
 from schemas.errors import PipelineError
@@ -47,6 +59,7 @@ OUR_ENTRIES = (
     MARKER,
 )
 _REPORT_KEY = 6
+log = logging.getLogger(__name__)
 
 
 class SynthOutputError(PipelineError, ValueError):
@@ -215,8 +228,7 @@ def prepare_output(cfg: SynthConfig) -> bool:
     replaces only a synthetic set.
     """
     out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise SynthOutputError(f"{out}: exists and is not a folder; choose another --out")
+    refuse_non_folder(out, "a data set")
     marker = out / MARKER
     if out.is_dir() and any(out.iterdir()):
         same = marker.is_file() and marker.read_text(encoding="utf-8") == _marker_text(cfg)
@@ -240,7 +252,7 @@ def prepare_output(cfg: SynthConfig) -> bool:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, out)
     atomic_write_text(marker, _marker_text(cfg))
     return False
 
@@ -259,10 +271,30 @@ def write_provenance(cfg: SynthConfig) -> None:
 
 
 def synthesize(cfg: SynthConfig, progress: bool = True) -> list[VolumeRecord]:
-    """Write the whole data set (or finish an interrupted run); returns the CSV records (one per volume)."""
+    """Write the whole data set (or finish an interrupted run); returns the CSV records (one per volume).
+    One run per folder at a time (``<out>.lock``); the log goes to ``<out>.log`` beside the folder."""
+    start = time.perf_counter()
+    refuse_non_folder(cfg.out, "a data set")  # before the lock file is made beside it
+    with output_lock(cfg.out, "synth"), ExitStack() as log_file:
+        recs = _synthesize(cfg, progress, log_file)
+        splits = {s: sum(r.split == s for r in recs) for s in ("train", "valid")}
+        log.info(
+            "wrote %d volumes (%d train, %d valid) to %s in %.1f s",
+            len(recs),
+            splits["train"],
+            splits["valid"],
+            cfg.out,
+            time.perf_counter() - start,
+        )
+        return recs
+
+
+def _synthesize(cfg: SynthConfig, progress: bool, log_file: ExitStack) -> list[VolumeRecord]:
     from tqdm import tqdm
 
-    prepare_output(cfg)
+    resumed = prepare_output(cfg)
+    log_file.enter_context(log_to_file(log_path(cfg.out)))  # the folder is accepted
+    log.info("%s: %s %s", cfg.out, "resuming" if resumed else "writing", json.dumps(cfg.content_fields()))
     plan = build_plan(cfg)
     tasks = [(patient, scan, cfg.size, str(cfg.out)) for patient in plan for scan in patient.scans]
     n_volumes = sum(len(s.recons) for _, s, _, _ in tasks)

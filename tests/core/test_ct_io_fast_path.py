@@ -95,3 +95,35 @@ def test_gunzip_reads_every_member_and_refuses_a_cut_stream():
     assert gunzip(gzip.compress(a), size_hint=len(a)) == a
     with pytest.raises(GzipError):
         gunzip(gzip.compress(a + b)[:-200], size_hint=len(a) + len(b))
+
+
+def test_air_level_is_that_of_the_oriented_volume_before_padding(tmp_path):
+    from pipeline.ct_io import measure_air_hu
+
+    rng = np.random.default_rng(1)
+    hu = rng.normal(-1000.0, 8.0, (47, 38, 29)).astype(np.float32)  # sizes not multiples of 3
+    hu[10:30, 10:25, :] = 40.0
+    hu[:3] = -2048.0  # padding on the patient's right (stored first after the flip below)
+    for axcodes in ("LPS", "RAS", "AIR"):
+        stored = np.round(hu + 1024).astype(np.int16)
+        lps_to_stored = nib.orientations.ornt_transform(
+            nib.orientations.axcodes2ornt("LPS"), nib.orientations.axcodes2ornt(axcodes)
+        )
+        stored = nib.orientations.apply_orientation(stored, lps_to_stored)
+        img = nib.Nifti1Image(np.ascontiguousarray(stored), affine_from_spacing((1.0, 1.0, 1.0), axcodes))
+        img.header.set_slope_inter(1.0, -1024.0)
+        nib.save(img, str(tmp_path / f"{axcodes}.nii.gz"))
+        vol = load_ct(tmp_path / f"{axcodes}.nii.gz")
+        before_padding = np.round(hu + 1024).astype(np.float32) - 1024  # LPS, scaled, padding kept
+        assert vol.air_hu == measure_air_hu(before_padding, -1500.0)
+
+
+def test_concatenated_gzip_members_load(tmp_path):
+    stored = _stored(np.int16)
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(stored, np.eye(4)), str(path))
+    whole = gzip.decompress(path.read_bytes())
+    cut = 100_003  # an odd byte offset: one voxel is split between the members
+    path.write_bytes(gzip.compress(whole[:cut]) + gzip.compress(whole[cut:]))
+    expected = stored[::-1, ::-1].astype(np.float32)  # stored R, A, S -> L, P, S
+    np.testing.assert_array_equal(load_ct(path, NO_AIR_CHECK).hu, np.where(expected < -1500, -1000.0, expected))

@@ -64,3 +64,36 @@ def test_output_lock_refuses_a_second_writer_and_is_released(tmp_path):
                 pass
     with output_lock(out, "embed-ct"):  # released
         pass
+
+
+def test_a_later_setup_keeps_the_verbose_level_of_the_command_line(capsys):
+    import logging
+
+    from pipeline.runtime import setup_logging
+
+    log = logging.getLogger("pipeline.test_runtime")
+    try:
+        setup_logging(verbose=True)  # the root command's --verbose
+        setup_logging()  # a command that sets up logging again, without an opinion
+        log.debug("detail")
+        assert capsys.readouterr().err == "detail\n"
+        setup_logging(verbose=False)
+        log.debug("hidden")
+        log.info("shown")
+        assert capsys.readouterr().err == "shown\n"
+    finally:
+        setup_logging(verbose=False)
+
+
+def test_refuse_non_folder_leaves_files_and_links_alone(tmp_path):
+    from pipeline.runtime import NotAFolderError, refuse_non_folder
+
+    refuse_non_folder(tmp_path / "new", "a Zarr store")  # absent: fine
+    (tmp_path / "folder").mkdir()
+    refuse_non_folder(tmp_path / "folder", "a Zarr store")  # a folder: fine
+    (tmp_path / "file").write_text("precious")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for name in ("file", "dangling"):
+        with pytest.raises(NotAFolderError, match=f"{name} exists and is not a folder \\(a Zarr store is one\\)"):
+            refuse_non_folder(tmp_path / name, "a Zarr store")
+    assert (tmp_path / "file").read_text() == "precious"

@@ -130,3 +130,21 @@ def test_inspect_command(saved, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     result = runner.invoke(app, ["ctclip", "inspect", str(bad)])
     assert result.exit_code == 2 and "bad.pt" in result.output
+
+
+def test_non_finite_weights_are_found_and_large_finite_ones_pass():
+    """The fast path (a finite sum) may overflow on large finite values: the exact test must then pass them."""
+    from pathlib import Path
+
+    import pytest
+    import torch
+
+    from pipeline.ctclip.checkpoint import CheckpointError, check_finite_weights
+
+    big = torch.full((4,), 60000.0, dtype=torch.float16)  # finite, but the float16 sum overflows to inf
+    assert not torch.isfinite(big.sum())
+    check_finite_weights(Path("ok.pt"), {"a": big, "b": torch.zeros(0), "c": torch.arange(3)})
+    nan, inf = torch.ones(5), torch.ones(5)
+    nan[2], inf[4] = float("nan"), -float("inf")
+    with pytest.raises(CheckpointError, match=r"bad.pt: 2 tensor\(s\) hold NaN or infinite values \(n, i\)"):
+        check_finite_weights(Path("bad.pt"), {"n": nan, "ok": big, "i": inf})

@@ -94,7 +94,7 @@ def test_render_volume_is_deterministic_with_noise_and_clahe():
 
 
 def test_device_choice():
-    from pipeline.drr.render import resolve_device
+    from pipeline.devices import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

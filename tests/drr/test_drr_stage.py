@@ -51,8 +51,8 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 
 def test_stage_writes_images_failures_and_provenance(tiny_set, client):
     cfg = _cfg(tiny_set, tiny_set.parent / "drr.zarr")
-    summary = run_stage(cfg, client=client, echo=lambda *_: None)
-    assert (summary.done, summary.failed, summary.aborted) == (3, 2, False)
+    summary = run_stage(cfg, client=client)
+    assert (summary.done, summary.failed, summary.stopped_early) == (3, 2, False)
     got = _arrays(cfg.out)
     np.testing.assert_array_equal(got["status"], [1, 1, 1, 2, 2])
     np.testing.assert_array_equal(zarr.open_group(str(cfg.out), mode="r")["status_snapshot"][:], got["status"])
@@ -80,12 +80,12 @@ def test_stage_writes_images_failures_and_provenance(tiny_set, client):
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_set, client):
-    quiet = dict(client=client, echo=lambda *_: None)
+    in_process = dict(client=client)
     whole = _cfg(tiny_set, tiny_set.parent / "whole.zarr")
-    run_stage(whole, **quiet)
+    run_stage(whole, **in_process)
 
     crashed = _cfg(tiny_set, tiny_set.parent / "crashed.zarr")
-    run_stage(crashed.model_copy(update={"limit": 2}), **quiet)  # items 0, 1 done
+    run_stage(crashed.model_copy(update={"limit": 2}), **in_process)  # items 0, 1 done
     g = zarr.open_group(str(crashed.out), mode="r+")
     # item 2 was killed after its images were written but before its status was
     g["images"][2] = np.full((2, 48, 48), 7, np.uint16)
@@ -98,7 +98,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_set, client):
     item0 = crashed.out / "images" / "c" / "0" / "0" / "0" / "0"
     before = item0.stat().st_mtime_ns
 
-    summary = run_stage(crashed, **quiet)
+    summary = run_stage(crashed, **in_process)
     assert summary.done_before == 1 and summary.done == 2 and summary.failed == 2
     assert item0.stat().st_mtime_ns == before, "finished items are not redone"
     a, b = _arrays(whole.out), _arrays(crashed.out)
@@ -106,34 +106,32 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_set, client):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
     # a rerun of a complete store renders nothing; --overwrite renders everything again
-    assert run_stage(crashed, **quiet).done == 0
-    redo = run_stage(crashed.model_copy(update={"overwrite": True}), **quiet)
+    assert run_stage(crashed, **in_process).done == 0
+    redo = run_stage(crashed.model_copy(update={"overwrite": True}), **in_process)
     assert redo.done_before == 0 and redo.done == 3
 
 
 def test_a_different_config_or_manifest_is_refused(tiny_set, client):
-    quiet = dict(client=client, echo=lambda *_: None)
+    in_process = dict(client=client)
     cfg = _cfg(tiny_set, tiny_set.parent / "guard.zarr", limit=1)
-    run_stage(cfg, **quiet)
+    run_stage(cfg, **in_process)
     other = cfg.model_copy(
         update={
             "render": cfg.render.model_copy(update={"geometry": cfg.render.geometry.model_copy(update={"size": 64})})
         }
     )
     with pytest.raises(StoreMismatchError, match=r"render\.geometry\.size: store 48, now 64.*--overwrite"):
-        run_stage(other, **quiet)
+        run_stage(other, **in_process)
     tiny_set.write_text(tiny_set.read_text().splitlines()[0] + "\n")
     with pytest.raises(StoreMismatchError, match="manifest differs"):
-        run_stage(cfg, **quiet)
+        run_stage(cfg, **in_process)
 
 
 def test_max_failures_stops_the_run(tiny_set, client):
     rows = tiny_set.read_text().splitlines()
     tiny_set.write_text("\n".join([rows[3], rows[4]] + rows[:3]) + "\n")  # the two bad ones first
-    summary = run_stage(
-        _cfg(tiny_set, tiny_set.parent / "fail.zarr", max_failures=1), client=client, echo=lambda *_: None
-    )
-    assert summary.aborted and summary.failed == 2
+    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "fail.zarr", max_failures=1), client=client)
+    assert summary.stopped_early and summary.failed == 2
     assert summary.done < 3
 
 
@@ -178,11 +176,12 @@ def test_sigkill_loses_only_items_in_flight(tmp_path, client):
     output = proc.communicate()[0].decode()
     assert proc.returncode == -signal.SIGKILL, output
     assert "Dask dashboard" in output
+    assert " - INFO - " not in output, "Dask's own INFO lines stay off the terminal"
     done = int((np.asarray(zarr.open_group(str(out), mode="r")["status"][:]) == ItemStatus.DONE).sum())
     assert 0 < done < 40, f"kill came too late or too early ({done} done)"
 
     cfg = SimulateDRRConfig(manifest=manifest, out=out, render=render)
-    summary = run_stage(cfg, client=client, echo=lambda *_: None)
+    summary = run_stage(cfg, client=client)
     assert summary.done_before == done and summary.done == 40 - done
     images = np.asarray(zarr.open_group(str(out), mode="r")["images"][:])
     expected = render_volume(*(lambda c: (c.hu, c.affine))(load_ct(ct)), cfg.render).images
@@ -193,11 +192,11 @@ def test_runs_on_an_existing_scheduler(tiny_set):
     from distributed import LocalCluster
 
     with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
-        lines = []
         cfg = _cfg(tiny_set, tiny_set.parent / "remote.zarr", scheduler=cluster.scheduler_address, limit=2)
-        summary = run_stage(cfg, echo=lines.append)
+        summary = run_stage(cfg)
     assert summary.done == 2
-    assert any(line.startswith("Dask dashboard") for line in lines)
+    log = cfg.out.with_name("remote.zarr.log").read_text()  # the run's full log, beside the store
+    assert "Dask dashboard" in log and "2 done, 0 failed in this run" in log
 
 
 def test_cli_refuses_a_changed_config_with_a_clear_message(tiny_set, client):
@@ -206,7 +205,7 @@ def test_cli_refuses_a_changed_config_with_a_clear_message(tiny_set, client):
     from pipeline.cli import app
 
     out = tiny_set.parent / "cli.zarr"
-    run_stage(_cfg(tiny_set, out, limit=1), client=client, echo=lambda *_: None)
+    run_stage(_cfg(tiny_set, out, limit=1), client=client)
     cfg_file = tiny_set.parent / "cfg.yaml"
     cfg_file.write_text(
         "render:\n  views: [pa, lateral]\n  geometry: {size: 48, detector_mm: 140.0, sid_mm: 500.0, sod_mm: 400.0}\n"
@@ -231,9 +230,9 @@ def test_bad_affine_is_recorded_as_a_failure(tmp_path, client):
     nib.save(img, str(tmp_path / "ct/flat.nii.gz"))
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps(manifest_row("valid_7_a_1", "ct/flat.nii.gz")) + "\n")
-    summary = run_stage(_cfg(manifest, tmp_path / "bad.zarr"), client=client, echo=lambda *_: None)
+    summary = run_stage(_cfg(manifest, tmp_path / "bad.zarr"), client=client)
     assert summary.failed == 1
-    ((vid, reason),) = summary.failures
+    ((vid, reason),) = summary.failures.items()
     assert vid == "valid_7_a_1" and "affine" in reason and "flat.nii.gz" in reason
 
 
@@ -244,9 +243,9 @@ def test_overwrite_killed_while_deleting_never_leaves_done_items_without_images(
 
     import pipeline.drr.store as store_mod
 
-    quiet = dict(client=client, echo=lambda *_: None)
+    in_process = dict(client=client)
     cfg = _cfg(tiny_set, tiny_set.parent / "ow.zarr")
-    run_stage(cfg, **quiet)
+    run_stage(cfg, **in_process)
     expected = _arrays(cfg.out)
 
     real_rmtree = shutil.rmtree
@@ -257,10 +256,10 @@ def test_overwrite_killed_while_deleting_never_leaves_done_items_without_images(
 
     monkeypatch.setattr(store_mod.shutil, "rmtree", killed_rmtree)
     with pytest.raises(_Killed):
-        run_stage(cfg.model_copy(update={"overwrite": True}), **quiet)
+        run_stage(cfg.model_copy(update={"overwrite": True}), **in_process)
     monkeypatch.undo()
 
-    run_stage(cfg, **quiet)  # the user reruns without --overwrite
+    run_stage(cfg, **in_process)  # the user reruns without --overwrite
     got = _arrays(cfg.out)
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
@@ -272,7 +271,7 @@ def test_overwrite_refuses_to_delete_a_folder_that_is_not_a_drr_store(tiny_set, 
     (out / "sub").mkdir(parents=True)
     (out / "sub" / "thesis.tex").write_text("years of work")
     with pytest.raises(StoreMismatchError, match="not a simulate-drr store"):
-        run_stage(_cfg(tiny_set, out, overwrite=True), client=client, echo=lambda *_: None)
+        run_stage(_cfg(tiny_set, out, overwrite=True), client=client)
     assert (out / "sub" / "thesis.tex").read_text() == "years of work"
 
 
@@ -284,7 +283,7 @@ def test_a_finished_item_written_again_never_reads_done_without_its_images(tiny_
     from pipeline.drr.store import write_item
 
     cfg = _cfg(tiny_set, tiny_set.parent / "again.zarr", limit=2)
-    run_stage(cfg, client=client, echo=lambda *_: None)
+    run_stage(cfg, client=client)
     before = _arrays(cfg.out)
     real_setitem = zarr.Array.__setitem__
 
@@ -318,7 +317,7 @@ def test_a_task_lost_after_finishing_its_item_leaves_it_done(tiny_set, client, m
         raise RuntimeError("worker connection lost")
 
     monkeypatch.setattr(stage_mod, "render_item", finishes_then_dies)
-    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "lost.zarr", limit=2), client=client, echo=lambda *_: None)
+    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "lost.zarr", limit=2), client=client)
     assert (summary.done, summary.failed) == (2, 0)
     got = _arrays(tiny_set.parent / "lost.zarr")
     np.testing.assert_array_equal(got["status"][:2], [ItemStatus.DONE] * 2)
@@ -330,24 +329,24 @@ def test_a_manifest_grown_at_the_end_continues_the_store(tiny_set, client, monke
     also after a growth killed half-way); removed, reordered or edited rows are refused."""
     from zarr.core.attributes import Attributes
 
-    quiet = dict(client=client, echo=lambda *_: None)
+    in_process = dict(client=client)
     rows = tiny_set.read_text().splitlines(keepends=True)
     whole = _cfg(tiny_set, tiny_set.parent / "whole5.zarr")
-    run_stage(whole, **quiet)
+    run_stage(whole, **in_process)
     short = tiny_set.parent / "short.jsonl"
     short.write_text("".join(rows[:2]))
     grown = _cfg(short, tiny_set.parent / "grown.zarr")
-    run_stage(grown, **quiet)
+    run_stage(grown, **in_process)
     item0 = grown.out / "images" / "c" / "0" / "0" / "0" / "0"
     before = item0.stat().st_mtime_ns
 
     short.write_text("".join(rows[:4]))  # growth killed after resizing, before the attributes
     monkeypatch.setattr(Attributes, "update", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
     with pytest.raises(_Killed):
-        run_stage(grown, **quiet)
+        run_stage(grown, **in_process)
     monkeypatch.undo()
     short.write_text("".join(rows))
-    summary = run_stage(grown, **quiet)
+    summary = run_stage(grown, **in_process)
     assert (summary.done_before, summary.done, summary.failed) == (2, 1, 2)
     assert item0.stat().st_mtime_ns == before, "finished items are not redone"
     a, b = _arrays(whole.out), _arrays(grown.out)
@@ -361,7 +360,7 @@ def test_a_manifest_grown_at_the_end_continues_the_store(tiny_set, client, monke
     for changed in ([rows[1], rows[0]] + rows[2:], rows[:4], [rows[0], edited] + rows[2:]):
         short.write_text("".join(changed))
         with pytest.raises(StoreMismatchError, match="manifest differs"):
-            run_stage(grown, **quiet)
+            run_stage(grown, **in_process)
 
 
 def test_two_runs_on_one_cluster_do_not_share_tasks(tiny_set, client, monkeypatch):
@@ -375,9 +374,9 @@ def test_two_runs_on_one_cluster_do_not_share_tasks(tiny_set, client, monkeypatc
         return kept[-1]
 
     monkeypatch.setattr(client, "submit", submit_and_keep)
-    quiet = dict(client=client, echo=lambda *_: None)
-    run_stage(_cfg(tiny_set, tiny_set.parent / "first.zarr", limit=3), **quiet)
-    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "second.zarr", limit=3), **quiet)
+    in_process = dict(client=client)
+    run_stage(_cfg(tiny_set, tiny_set.parent / "first.zarr", limit=3), **in_process)
+    summary = run_stage(_cfg(tiny_set, tiny_set.parent / "second.zarr", limit=3), **in_process)
     assert summary.done == 3
     a, b = _arrays(tiny_set.parent / "first.zarr"), _arrays(tiny_set.parent / "second.zarr")
     np.testing.assert_array_equal(b["status"][:3], [ItemStatus.DONE] * 3)
@@ -391,9 +390,9 @@ def test_a_second_run_into_a_store_being_written_is_refused(tiny_set, client):
     out = tiny_set.parent / "busy.zarr"
     with output_lock(out, "simulate-drr"):  # another run holds the store
         with pytest.raises(OutputBusyError, match="another simulate-drr run"):
-            run_stage(_cfg(tiny_set, out), client=client, echo=lambda *_: None)
+            run_stage(_cfg(tiny_set, out), client=client)
     assert not out.exists()
-    assert run_stage(_cfg(tiny_set, out, limit=1), client=client, echo=lambda *_: None).done == 1  # released
+    assert run_stage(_cfg(tiny_set, out, limit=1), client=client).done == 1  # released
 
 
 def test_an_existing_folder_that_is_not_a_store_is_refused_clearly(tiny_set, client):
@@ -402,5 +401,5 @@ def test_an_existing_folder_that_is_not_a_store_is_refused_clearly(tiny_set, cli
     with pytest.raises(
         StoreMismatchError, match="plain_folder exists and is not a simulate-drr store; choose another --out"
     ):
-        run_stage(_cfg(tiny_set, out), client=client, echo=lambda *_: None)
+        run_stage(_cfg(tiny_set, out), client=client)
     assert list(out.iterdir()) == []

@@ -240,3 +240,38 @@ def test_damaged_shard_is_set_aside_and_its_rows_redone(tmp_path):
     assert cache.done_ids() == {"valid_0_a_1", "valid_1_a_1"}
     cache.close()
     assert (files[1].parent / (files[1].name + ".bad")).exists()
+
+
+def test_datasets_carry_dimension_scales_through_merges(tmp_path):
+    out = tmp_path / "emb.h5"
+    with EmbeddingCache.open(out, identity()) as cache:
+        cache.create(header(identity()))
+        cache.commit(make_rows(0, 5, failed=("valid_99_a_1",)))
+        cache.merge()  # a copy of the file, resized: the scales must follow
+        cache.commit(make_rows(5, 3))
+    with h5py.File(out, "r") as f:
+        ids = list(f["ids"].asstr()[:])
+        assert ids == [f"valid_{i}_a_1" for i in range(8)]
+        for name in ("scan_ids", "ct", "report", "labels"):
+            assert f[name].dims[0].label == "item" and f[name].dims[0][0].name == "/ids"
+        assert [d.label for d in f["ct"].dims] == ["item", "latent"]
+        assert list(f["labels"].dims[1][0].asstr()[:]) == list(CT_RATE_LABELS)
+        assert f["failures/reasons"].dims[0][0].name == "/failures/ids"
+        assert list(f["failures/reasons"].dims[0][0].asstr()[:]) == ["valid_99_a_1"]
+        assert f["prompts/x2ct_clip/positive"].dims[0][0].name == "/label_names"
+
+
+def test_a_cache_made_before_the_dimension_scales_is_continued(tmp_path, monkeypatch):
+    import pipeline.embed.cache as cache_mod
+
+    out = tmp_path / "emb.h5"
+    monkeypatch.setattr(cache_mod, "_name_dimensions", lambda f: None)  # as before the scales existed
+    with EmbeddingCache.open(out, identity()) as cache:
+        cache.create(header(identity()))
+        cache.commit(make_rows(0, 2))
+    monkeypatch.undo()
+    with EmbeddingCache.open(out, identity()) as cache:
+        cache.commit(make_rows(2, 2))
+    assert load_embeddings(out).ids == [f"valid_{i}_a_1" for i in range(4)]
+    with h5py.File(out, "r") as f:
+        assert f["ct"].dims[0].label == ""  # still none: a cache is not rewritten to add them

@@ -74,11 +74,13 @@ def assert_same_rows(a, b) -> None:
 def test_rows_equal_direct_model_calls_and_failures_are_recorded(inputs, reference):
     summary, emb = reference
     good = [r for r in inputs.rows if r.volume_id not in BAD]
-    assert sorted(emb.ids) == sorted(r.volume_id for r in good) and summary.embedded == len(good)
+    assert sorted(emb.ids) == sorted(r.volume_id for r in good) and summary.done == len(good)
     assert set(emb.failures) == set(BAD)
     for vid, why in BAD.items():
         assert why in emb.failures[vid]
-    assert summary.texts_embedded == 4  # 5 scans with text, scans 0 and 4 share a report: each text embedded once
+    assert (
+        summary.extras["texts_embedded"] == 4
+    )  # 5 scans with text, scans 0 and 4 share a report: each text embedded once
     model, tok = load_ctclip(inputs.checkpoint, "tiny"), load_tokenizer(inputs.tokenizer)
     idx = emb.index()
     for row in good:
@@ -124,7 +126,7 @@ def test_file_attributes_record_how_it_was_made(inputs, reference):
 def test_rerun_embeds_only_what_is_missing_and_another_checkpoint_is_refused(inputs, reference, tmp_path):
     out = inputs.root / "reference.h5"
     again = run_embed(config(inputs, out))
-    assert again.already_done == 9 and again.embedded == 0 and set(again.failures) == set(BAD)  # failures retried
+    assert again.done_before == 9 and again.done == 0 and set(again.failures) == set(BAD)  # failures retried
     before = out.read_bytes()
     other = write_checkpoint(tmp_path / "other.pt", seed=1)
     with pytest.raises(CacheMismatchError, match="checkpoint_sha256.*--overwrite"):
@@ -202,7 +204,7 @@ def test_resume_after_sigkill_gives_the_rows_of_an_uninterrupted_run(inputs, ref
     with pytest.warns(UserWarning, match="a run was interrupted"):
         assert set(load_embeddings(out, include_pending=False).ids) == in_file
     resumed = run_embed(cfg)
-    assert resumed.already_done >= 6 and resumed.embedded == 9 - resumed.already_done
+    assert resumed.done_before >= 6 and resumed.done == 9 - resumed.done_before
     assert_same_rows(load_embeddings(out), reference[1])
     assert not [p for p in os.listdir(tmp_path / "emb.h5.parts")]
 
@@ -210,7 +212,7 @@ def test_resume_after_sigkill_gives_the_rows_of_an_uninterrupted_run(inputs, ref
 def test_dask_cluster_gives_the_same_rows(inputs, reference, tmp_path):
     out = tmp_path / "emb.h5"
     summary = run_embed(config(inputs, out, workers=1, batch_size=2, model_threads=1))
-    assert summary.embedded == 9 and set(summary.failures) == set(BAD)
+    assert summary.done == 9 and set(summary.failures) == set(BAD)
     assert_same_rows(load_embeddings(out), reference[1])
 
 
@@ -237,7 +239,9 @@ def test_cli(inputs, tmp_path):
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "9 embedded, 0 already there, 4 failed of 13" in result.output
+    assert "e.h5: 9 done, 4 failed in this run" in result.output and "0 done before; 13 items" in result.output
+    log = (tmp_path / "e.h5.log").read_text()  # the run's full log, beside the cache
+    assert "9 done, 4 failed in this run" in log and log.count("failed: valid_") == 4
     other = write_checkpoint(tmp_path / "other.pt", seed=2)
     result = CliRunner().invoke(app, args[:4] + [str(other)] + args[5:])
     assert result.exit_code == 2 and "another checkpoint" in result.output

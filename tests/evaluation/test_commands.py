@@ -122,7 +122,32 @@ def test_predict_command(chain, run_dir, tmp_path):
     for label in ("Cardiomegaly", "Lung nodule", "Pleural effusion"):  # MONOCHROME1 twin scores the same
         assert float(rows["m1.dcm"][label]) == pytest.approx(float(rows["m2.dcm"][label]), abs=2e-6)
     assert rows["c.png"]["similar_ct_3"] and "MRN-123456" not in out.read_text()
+    only_bad = CliRunner().invoke(
+        app, ["predict", str(folder / "broken.dcm"), "--run", str(run_dir), "--out", str(tmp_path / "bad.csv")]
+    )
+    assert only_bad.exit_code == 1 and "no radiograph could be scored" in only_bad.output
+    assert "error" in (tmp_path / "bad.csv").read_text()  # the table is still written
     js = tmp_path / "preds.json"
     invoke(["predict", folder / "m1.dcm", "--run", run_dir, "--out", js, "--keep-identifiers"])
     data = json.loads(js.read_text())
     assert data["predictions"][0]["PatientID"] == "MRN-123456" and "not a diagnosis" in data["note"]
+
+
+def test_evaluate_real_radiograph_set_command(run_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    with (tmp_path / "t.csv").open("w") as f:
+        f.write("CXRPath,PatientID,Emphysema,Atelectasis\n")
+        for i in range(8):
+            write_png(images / f"{i}.png", chest_like(64, seed=i), 8)
+            f.write(f"{i}.png,p{i // 2},{i % 2},{int(i < 3)}\n")
+    invoke(["manifest", "cxr", "--images", images, "--table", tmp_path / "t.csv", "--out", tmp_path / "cxr.jsonl"])
+    out = tmp_path / "eval"
+    printed = invoke(["evaluate", "--run", run_dir, "--cxr-manifest", tmp_path / "cxr.jsonl", "--out", out,
+                      "--n-resamples", "10"])  # fmt: skip
+    assert "radiograph_real" in printed and "ct_upper_bound" not in printed
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["labels_evaluated"] == ["Emphysema", "Atelectasis"] and m["n_patients"] == 4
+    both = CliRunner().invoke(app, ["evaluate", "--run", str(run_dir), "--cxr-manifest", str(tmp_path / "cxr.jsonl"),
+                                    "--drr", "x.zarr", "--out", str(tmp_path / "e2")])  # fmt: skip
+    assert both.exit_code == 2 and "either drr and embeddings" in both.output

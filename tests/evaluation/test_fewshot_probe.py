@@ -45,7 +45,7 @@ def test_probe_recovers_planted_signal_and_not_noise():
     xt, yt = _planted(800, seed=1)
     y[5, 0] = 255  # an unknown label is masked out, not a crash
     rows = fewshot_rows(
-        "planted", x, y, xt, yt, ["a", "b", "noise"], fractions=(0.1, 1.0), seeds=(1024, 1234),
+        {"planted": (x, xt)}, y, yt, ["a", "b", "noise"], fractions=(0.1, 1.0), seeds=(1024, 1234),
         settings=ProbeSettings(max_epochs=60, patience=10),
     )  # fmt: skip
     full = [r for r in rows if r["fraction"] == 1.0]
@@ -63,7 +63,7 @@ def test_shuffled_latents_give_chance():
     xt, yt = _planted(600, seed=3)
     rng = np.random.default_rng(0)
     rows = fewshot_rows(
-        "shuffled", x[rng.permutation(len(x))], y, xt, yt, ["a", "b", "noise"], fractions=(1.0,), seeds=(1024,),
+        {"shuffled": (x[rng.permutation(len(x))], xt)}, y, yt, ["a", "b", "noise"], fractions=(1.0,), seeds=(1024,),
         settings=ProbeSettings(max_epochs=40, patience=5),
     )  # fmt: skip
     assert rows[0]["auroc_macro"] == pytest.approx(0.5, abs=0.08)
@@ -77,8 +77,10 @@ def test_outputs_table_summary_and_plot(tmp_path):
     x, y = _planted(400, seed=4)
     xt, yt = _planted(200, seed=5)
     settings = ProbeSettings(max_epochs=10, patience=3)
-    rows = fewshot_rows("trained", x, y, xt, yt, ["a", "b", "noise"], (0.05, 1.0), (1024, 1234), settings)
-    rows += fewshot_rows("baseline", x[::-1], y, xt, yt, ["a", "b", "noise"], (0.05, 1.0), (1024, 1234), settings)
+    latents = {"trained": (x, xt), "baseline": (x[::-1], xt)}
+    rows = fewshot_rows(latents, y, yt, ["a", "b", "noise"], (0.05, 1.0), (1024, 1234), settings)
+    # Both encoders are probed on the same subsets.
+    assert [r["n_train"] for r in rows[::2]] == [r["n_train"] for r in rows[1::2]]
     out = write_fewshot_outputs(tmp_path, rows, {"run": "r"})
     assert (tmp_path / "fewshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((tmp_path / "fewshot.csv").read_text().splitlines()) == 1 + 8

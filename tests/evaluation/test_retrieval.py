@@ -102,3 +102,8 @@ def test_retrieval_table_matches_brute_force():
         top = np.argsort(-sims, kind="stable")[:5]
         vals.append(np.mean([label_overlap(labels[i], labels[keep][t]) for t in top]))
     assert out["X->C"]["map@5"] == pytest.approx(np.mean(vals))
+
+
+def test_map_undefined_without_positive_gallery_labels():
+    out = map_at_k(_unit([0]), _unit([0, 10]), np.array([[1, 0]]), np.array([[0, 0], [0, 255]]), ks=(1, 5))
+    assert out == {"map@1": None, "map@5": None}

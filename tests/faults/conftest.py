@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from tests.helpers.embed_data import EmbedInputs, build_inputs
+from tests.helpers.phantoms import chest_like, manifest_row, save_nifti
 
 
 @dataclass
@@ -97,3 +101,27 @@ def scheduler():
 
     with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c:
         yield c.scheduler_address
+
+
+RENDER = ["--size", "32", "--detector-mm", "140", "--sid-mm", "500", "--sod-mm", "400", "--no-progress"]
+
+
+def write_manifest(folder: Path, rows: list[dict]) -> Path:
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def drr_set(tmp_path_factory):
+    """Two good volumes and one of NaN voxels."""
+    root = tmp_path_factory.mktemp("faults-drr")
+    rows = []
+    for n in range(2):
+        save_nifti(root / f"ct/valid_{n}_a_1.nii.gz", chest_like(shape=(24, 20, 16), seed=n), (3.0, 3.0, 4.0))
+        rows.append(manifest_row(f"valid_{n}_a_1", f"ct/valid_{n}_a_1.nii.gz"))
+    nib.save(
+        nib.Nifti1Image(np.full((24, 20, 16), np.nan, np.float32), np.diag([-3.0, -3.0, 4.0, 1.0])),
+        str(root / "ct/nan.nii.gz"),
+    )
+    return root, rows, manifest_row("valid_9_a_1", "ct/nan.nii.gz")

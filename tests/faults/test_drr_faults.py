@@ -5,36 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import nibabel as nib
-import numpy as np
 import pytest
 import zarr
 
-from tests.faults.conftest import cli, tree_digest
-from tests.helpers.phantoms import chest_like, manifest_row, save_nifti
-
-RENDER = ["--size", "32", "--detector-mm", "140", "--sid-mm", "500", "--sod-mm", "400", "--no-progress"]
-
-
-def write_manifest(folder, rows) -> os.PathLike:
-    path = folder / "manifest.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture(scope="module")
-def drr_set(tmp_path_factory):
-    """Two good volumes and one of NaN voxels."""
-    root = tmp_path_factory.mktemp("faults-drr")
-    rows = []
-    for n in range(2):
-        save_nifti(root / f"ct/valid_{n}_a_1.nii.gz", chest_like(shape=(24, 20, 16), seed=n), (3.0, 3.0, 4.0))
-        rows.append(manifest_row(f"valid_{n}_a_1", f"ct/valid_{n}_a_1.nii.gz"))
-    nib.save(
-        nib.Nifti1Image(np.full((24, 20, 16), np.nan, np.float32), np.diag([-3.0, -3.0, 4.0, 1.0])),
-        str(root / "ct/nan.nii.gz"),
-    )
-    return root, rows, manifest_row("valid_9_a_1", "ct/nan.nii.gz")
+from tests.faults.conftest import RENDER, cli, tree_digest, write_manifest
 
 
 def drr(manifest, out, scheduler, *extra):
@@ -136,3 +110,4 @@ def test_unreachable_scheduler_is_one_line(drr_set, embed_inputs, tmp_path):
         ):
             res = cli(*args, "--scheduler", "tcp://127.0.0.1:1")
             assert res.exit_code == 2 and "cannot reach the Dask scheduler at 'tcp://127.0.0.1:1'" in res.error_line
+    assert not (tmp_path / "d.zarr").exists() and not (tmp_path / "d.zarr.lock").exists()  # nothing written

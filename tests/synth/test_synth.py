@@ -128,6 +128,8 @@ def test_layout_and_tables(dataset):
         assert rows[0] == columns
         assert all(r[0].startswith("valid_") and r[0].endswith(".nii.gz") for r in rows[1:])
     assert not list(root.rglob(f"*{TMP_MARK}*")), "no temporaries left"
+    log = root.with_name(root.name + ".log").read_text()  # the run's log, beside the folder
+    assert f"wrote {N} volumes" in log
 
 
 def test_same_config_same_bytes(dataset, tmp_path):

@@ -64,4 +64,4 @@ def test_logit_scale_frozen_or_learnable():
     assert not list(frozen.parameters())
     learnable = LogitScale(math.log(1 / 0.07), learnable=True)
     assert len(list(learnable.parameters())) == 1
-    assert float(LogitScale(10.0, learnable=True)()) == pytest.approx(100.0)  # clamped as CLIP does
+    assert float(LogitScale(10.0, learnable=True)().detach()) == pytest.approx(100.0)  # clamped as CLIP does

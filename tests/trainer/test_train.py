@@ -16,6 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from schemas.train import TrainConfig
+from tests.helpers.train_run import NO_AUGMENT
+from tests.helpers.train_run import tiny_train_config as config
 from trainer.data import join_split
 from trainer.encoder import build_encoder, resolve_encoder
 from trainer.metrics import recall_at_k
@@ -23,7 +25,6 @@ from trainer.run import load_run
 from trainer.train import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[2]
-NO_AUGMENT = {"clahe_p": 0.0, "crop_scale": (1.0, 1.0), "brightness": 0.0, "contrast": 0.0}
 
 
 @pytest.fixture
@@ -35,27 +36,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def config(chain, out: Path, **over) -> TrainConfig:
-    # 14 training scans: batch 7 gives 2 steps per epoch.
-    base = dict(
-        drr=chain.drr["train"],
-        embeddings=chain.embeddings["train"],
-        out=out,
-        encoder="tiny",
-        batch_size=7,
-        epochs=100,
-        workers=0,
-        progress=False,
-        log_every=2,
-    )
-    return TrainConfig.model_validate(base | over)
-
-
 def args(cfg: TrainConfig) -> list[str]:
     """The same run as command-line arguments of ``x2ct-pipeline train``."""
-    out = ["--drr", str(cfg.drr), "--embeddings", str(cfg.embeddings), "--out", str(cfg.out)]
-    for name in ("encoder", "batch_size", "epochs", "max_steps", "workers", "checkpoint_every", "log_every", "lr"):
-        out += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
+    out = []
+    for name in (
+        "drr", "embeddings", "valid_drr", "valid_embeddings", "out", "encoder", "batch_size", "epochs",
+        "max_steps", "workers", "checkpoint_every", "keep_checkpoints", "log_every", "lr",
+    ):  # fmt: skip
+        value = getattr(cfg, name)
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
     return out + ["--no-progress"]
 
 
@@ -65,55 +55,69 @@ def x2c_recall(encoder, transform, split) -> dict[int, float]:
     return recall_at_k(z @ split.ct.T, np.arange(len(split)), [1, 5])
 
 
-def test_training_learns_and_writes_the_run_directory(chain, tmp_path, one_thread):
+def test_training_learns(chain, tmp_path, one_thread):
+    out = tmp_path / "run"
+    cfg = config(chain, out, max_steps=60, lr=2e-3, augment=NO_AUGMENT, checkpoint_every=60, log_every=10)
+    train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
+    assert rows[-1]["loss_xc"] < 0.5 * rows[0]["loss_xc"]  # the loss falls
+    # X->C retrieval on the training volumes, trained vs the untrained encoder of the same seed (chance: 5/19)
+    split = join_split(chain.drr["train"], chain.embeddings["train"], ["pa"])
+    run = load_run(out)  # no validation split: latest.pt
+    assert run.checkpoint.name == "latest.pt" and run.step == 60
+    torch.manual_seed(cfg.seed)
+    untrained = x2c_recall(build_encoder(resolve_encoder("tiny", 32)), run.eval_transform, split)
+    trained = x2c_recall(run.encoder, run.eval_transform, split)
+    assert trained[5] >= 0.9 and trained[5] >= untrained[5] + 0.4, (untrained, trained)
+    assert trained[1] >= untrained[1] + 0.3, (untrained, trained)
+
+
+def test_validation_and_the_run_directory(chain, tmp_path, one_thread):
     out = tmp_path / "run"
     cfg = config(
         chain,
         out,
         valid_drr=chain.drr["valid"],
         valid_embeddings=chain.embeddings["valid"],
-        max_steps=60,
-        lr=2e-3,
-        augment=NO_AUGMENT,
-        checkpoint_every=30,
-        log_every=10,
-        epochs=30,
+        epochs=3,
+        checkpoint_every=2,
+        keep_checkpoints=2,
     )
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train_rows = [r for r in rows if r["split"] == "train"]
-    valid_rows = [r for r in rows if r["split"] == "valid"]
-    assert [r["step"] for r in train_rows] == [10, 20, 30, 40, 50, 60]
-    assert len(valid_rows) == 30 and {"x2c_recall@5", "x2r_recall@5", "auroc", "loss"} <= set(valid_rows[0])
-    assert train_rows[-1]["loss_xc"] < 0.5 * train_rows[0]["loss_xc"]  # the loss falls
-    # X->C retrieval on the training volumes, trained vs the untrained encoder of the same seed (chance: 5/19)
-    split = join_split(chain.drr["train"], chain.embeddings["train"], ["pa"])
-    run = load_run(out, "latest")
-    torch.manual_seed(cfg.seed)
-    untrained = x2c_recall(build_encoder(resolve_encoder("tiny", 32)), run.eval_transform, split)
-    trained = x2c_recall(run.encoder, run.eval_transform, split)
-    assert trained[5] >= 0.9 and trained[5] >= untrained[5] + 0.4, (untrained, trained)
-    assert trained[1] >= untrained[1] + 0.3, (untrained, trained)
-    # the run directory of the contract
+    valid = [r for r in rows if r["split"] == "valid"]
+    assert [(r["step"], r["epoch"]) for r in valid] == [(2, 0), (4, 1), (6, 2)]  # one validation per epoch
+    assert {"x2c_recall@5", "x2c_recall@100", "x2r_recall@5", "auroc", "loss", "loss_cr"} <= set(valid[0])
+    assert valid[0]["x2c_recall@100"] == 1.0  # K beyond the 9 volumes
     for name in ("config.json", "out.log", "loss.png", "prompts.npz", "checkpoints/latest.pt", "checkpoints/best.pt"):
         assert (out / name).is_file(), name
-    assert sorted(p.name for p in (out / "checkpoints").glob("step_*.pt")) == ["step_30.pt", "step_60.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*.pt")) == ["step_4.pt", "step_6.pt"]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     meta = json.loads((out / "config.json").read_text())
     assert meta["inputs"]["train"]["cache"]["identity_sha256"] and meta["provenance"]["stage"] == "train"
-    best = load_run(out)  # best.pt by zero-shot AUROC
-    assert best.checkpoint.name == "best.pt" and best.temperature == pytest.approx(split.temperature)
+
+    best = load_run(out)  # best.pt: the step with the highest zero-shot AUROC
+    top = max(valid, key=lambda r: r["auroc"])
+    assert best.checkpoint.name == "best.pt" and best.step == top["step"]
+    split = join_split(chain.drr["train"], chain.embeddings["train"], ["pa"])
+    assert best.temperature == pytest.approx(split.temperature) and best.label_names == split.label_names
     np.testing.assert_array_equal(best.prompts["x2ct_clip"]["positive"], split.prompts["x2ct_clip"]["positive"])
-    assert best.label_names == split.label_names and best.config == cfg
+    assert best.config == cfg
 
     # refusals on the finished run: no --resume, or a resume with another config
-    runner = CliRunner()
     from pipeline.cli import app
 
+    runner = CliRunner()
     again = runner.invoke(app, ["train", *args(cfg)])
     assert again.exit_code == 2 and "already holds a run" in again.output
     other = runner.invoke(app, ["train", *args(cfg.model_copy(update={"lr": 1e-3})), "--resume"])
-    assert other.exit_code == 2 and "lr: checkpoint 0.002, now 0.001" in other.output, other.output
+    assert other.exit_code == 2 and "lr: checkpoint 5e-05, now 0.001" in other.output, other.output
+    # a moved run directory still resumes (paths are not part of a run's identity); finished: no step
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    train(cfg.model_copy(update={"out": moved, "resume": True}))
+    assert torch.load(moved / "checkpoints" / "latest.pt", weights_only=True)["step"] == 6
 
 
 KILLER = """

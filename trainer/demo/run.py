@@ -265,9 +265,11 @@ class Demo:
 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None]) -> dict:
     """All stages under the demo folder's lock, logging to ``<out>/demo.log``; returns the summary."""
-    from pipeline.runtime import log_to_file, output_lock
+    from pipeline.runtime import log_to_file, make_folder, output_lock, refuse_foreign_folder, refuse_non_folder
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    refuse_non_folder(cfg.out, "a demo folder")
+    refuse_foreign_folder(cfg.out, (DemoPaths(cfg.out).stages.name, "demo.log"), "a demo folder")
+    make_folder(cfg.out, cfg.out)
     t0 = time.perf_counter()
     with output_lock(cfg.out, "demo"), log_to_file(cfg.out / "demo.log"):
         walls = Demo(cfg, echo).run()

@@ -68,15 +68,16 @@ def label_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def map_at_k(
     queries: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, ks=KS
-) -> dict[str, float]:
-    """``{"map@K": mean label overlap of the top K}`` for each K (K larger than the gallery: all of it)."""
+) -> dict[str, float | None]:
+    """``{"map@K": mean label overlap of the top K}`` for each K (K larger than the gallery: all of it);
+    None (undefined) when no gallery item has a positive label."""
     keep = np.any(np.asarray(gallery_labels) == 1, axis=1)
     if not keep.any():
-        raise ValueError("no gallery item has a positive label: MAP@K is undefined")
+        return {f"map@{k}": None for k in ks}
     q, g = l2_normalise(queries), l2_normalise(gallery)[keep]
     ql, gl = np.asarray(query_labels), np.asarray(gallery_labels)[keep]
     k_max = min(max(ks), len(g))
-    sums = {k: 0.0 for k in ks}
+    sums = dict.fromkeys(ks, 0.0)
     for start in range(0, len(q), _BLOCK):
         sim = q[start : start + _BLOCK] @ g.T
         top = np.argsort(-sim, axis=1, kind="stable")[:, :k_max]
@@ -96,7 +97,7 @@ def retrieval_table(
     scan_ids: list[str],
     labels: np.ndarray,
     ks: tuple[int, ...] = KS,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | None]]:
     """Recall@K and MAP@K for X->C, C->X, X->R, R->X, and CT-CLIP's own C->R, R->C for reference.
 
     Row i of ``x``, ``ct``, ``report``, ``labels`` is volume ``volume_ids[i]`` of scan
@@ -116,7 +117,7 @@ def retrieval_table(
     }
     out = {}
     for name, (qv, gv, qk, gk, ql, gl) in directions.items():
-        row: dict[str, float] = {"n_queries": len(qv), "n_gallery": len(gv)}
+        row: dict[str, float | None] = {"n_queries": len(qv), "n_gallery": len(gv)}
         row.update(recall_at_k(qv, gv, qk, gk, ks))
         row.update(map_at_k(qv, gv, ql, gl, ks))
         out[name] = row

@@ -324,14 +324,16 @@ def read_view(split, view: int, item: int) -> np.ndarray:
 
 
 def run_evaluate(cfg) -> dict[str, Any]:
-    from pipeline.runtime import output_lock
+    from pipeline.devices import resolve_device
+    from pipeline.runtime import output_lock, refuse_non_folder
     from schemas.provenance import file_sha256
     from trainer.data import join_split
-    from trainer.encode import encode_store_items, resolve_device
+    from trainer.encode import encode_store_items
     from trainer.run import load_run
     from trainer.teacher_match import check_teacher
 
     out = Path(cfg.out)
+    refuse_non_folder(out, "an evaluation")
     if (out / "metrics.json").exists() and not cfg.overwrite:
         raise EvaluateError(f"{out} already holds an evaluation (metrics.json); give another --out or --overwrite")
     device = resolve_device(cfg.device)

@@ -133,10 +133,8 @@ def probe_probabilities(probe: torch.nn.Linear, x: np.ndarray) -> np.ndarray:
 
 
 def fewshot_rows(
-    encoder_name: str,
-    x_train: np.ndarray,
+    latents: dict[str, tuple[np.ndarray, np.ndarray]],
     y_train: np.ndarray,
-    x_test: np.ndarray,
     y_test: np.ndarray,
     label_names: list[str],
     fractions: tuple[float, ...] = FRACTIONS,
@@ -144,38 +142,45 @@ def fewshot_rows(
     settings: ProbeSettings = ProbeSettings(),
     device: str = "cpu",
 ) -> list[dict]:
-    """One row per (fraction, seed): sizes, early-stopping summary, macro AUROC and per-label AUROC."""
+    """One row per (encoder, fraction, seed): sizes, early-stopping summary, macro and per-label AUROC.
+
+    ``latents`` maps an encoder's name to its (train, test) latents. The subset and the
+    validation split of a (fraction, seed) depend on the labels only, so every encoder is
+    probed on the very same items: the comparison is paired.
+    """
     rows = []
     for fraction in fractions:
         for seed in seeds:
             subset = stratified_subset(y_train, fraction, seed)
             tr, va = train_validation_split(y_train[subset], settings.val_fraction, seed)
             tr, va = subset[tr], subset[va]
-            probe, summary = fit_probe(x_train[tr], y_train[tr], x_train[va], y_train[va], seed, settings, device)
-            metrics = classification_metrics(y_test, probe_probabilities(probe, x_test), label_names)
-            row = {
-                "encoder": encoder_name,
-                "fraction": fraction,
-                "seed": seed,
-                "n_train": len(tr),
-                "n_val": len(va),
-                **summary,
-                "auroc_macro": metrics["macro"]["auroc"],
-                "auroc_macro_n_labels": metrics["macro"]["auroc_n_labels"],
-            }
-            row.update({f"auroc/{name}": metrics["per_label"][name]["auroc"] for name in label_names})
-            log.info(
-                "%s fraction %.3g seed %d: %d train, %d val, stopped at epoch %d, macro AUROC %.4f",
-                encoder_name, fraction, seed, len(tr), len(va), summary["epochs_run"], row["auroc_macro"],
-            )  # fmt: skip
-            rows.append(row)
+            for name, (x_train, x_test) in latents.items():
+                probe, summary = fit_probe(x_train[tr], y_train[tr], x_train[va], y_train[va], seed, settings, device)
+                metrics = classification_metrics(y_test, probe_probabilities(probe, x_test), label_names)
+                row = {
+                    "encoder": name,
+                    "fraction": fraction,
+                    "seed": seed,
+                    "n_train": len(tr),
+                    "n_val": len(va),
+                    **summary,
+                    "auroc_macro": metrics["macro"]["auroc"],
+                    "auroc_macro_n_labels": metrics["macro"]["auroc_n_labels"],
+                }
+                row.update({f"auroc/{label}": metrics["per_label"][label]["auroc"] for label in label_names})
+                log.info(
+                    "%s fraction %.3g seed %d: %d train, %d val, stopped at epoch %d, macro AUROC %.4f",
+                    name, fraction, seed, len(tr), len(va), summary["epochs_run"], row["auroc_macro"],
+                )  # fmt: skip
+                rows.append(row)
     return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation (over seeds) of macro AUROC per (encoder, fraction)."""
     out = []
-    keys = sorted({(r["encoder"], r["fraction"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    encoders = list(dict.fromkeys(r["encoder"] for r in rows))  # in the order given
+    keys = sorted({(r["encoder"], r["fraction"]) for r in rows}, key=lambda k: (encoders.index(k[0]), k[1]))
     for enc, frac in keys:
         vals = np.array([r["auroc_macro"] for r in rows if r["encoder"] == enc and r["fraction"] == frac], float)
         ok = vals[~np.isnan(vals)]

@@ -72,6 +72,19 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _nan_to_none(value: Any) -> Any:
+    """JSON has no NaN: an undefined AUROC is null."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def write_fewshot_outputs(out: Path, rows: list[dict], meta: dict[str, Any]) -> dict[str, Any]:
     from pipeline.runtime import atomic_write_bytes, atomic_write_text
 
@@ -79,8 +92,8 @@ def write_fewshot_outputs(out: Path, rows: list[dict], meta: dict[str, Any]) -> 
     summary = summarise(rows)
     atomic_write_text(out / "fewshot.csv", _csv(rows))
     atomic_write_text(out / "fewshot_summary.csv", _csv(summary))
-    clean = json.loads(json.dumps({**meta, "summary": summary, "rows": rows}, default=float).replace("NaN", "null"))
-    atomic_write_text(out / "fewshot.json", json.dumps(clean, indent=2) + "\n")
+    clean = _nan_to_none({**meta, "summary": summary, "rows": rows})
+    atomic_write_text(out / "fewshot.json", json.dumps(clean, indent=2, allow_nan=False) + "\n")
     atomic_write_bytes(out / "fewshot.png", curve_figure(summary, "Few-shot linear probes on frozen latents"))
     return clean
 
@@ -100,13 +113,15 @@ def build_baseline(run, baseline_init: Path | None):
 
 
 def run_fewshot(cfg) -> dict[str, Any]:
-    from pipeline.runtime import output_lock
+    from pipeline.devices import resolve_device
+    from pipeline.runtime import output_lock, refuse_non_folder
     from trainer.data import join_split
-    from trainer.encode import encode_store_items, resolve_device
+    from trainer.encode import encode_store_items
     from trainer.run import load_run
     from trainer.teacher_match import check_teacher
 
     out = Path(cfg.out)
+    refuse_non_folder(out, "a few-shot result")
     if (out / "fewshot.json").exists() and not cfg.overwrite:
         raise FewshotError(f"{out} already holds few-shot results; give another --out or --overwrite")
     device = resolve_device(cfg.device)
@@ -118,25 +133,21 @@ def run_fewshot(cfg) -> dict[str, Any]:
             check_teacher(run, split.latent_dim, split.identity["cache"].get("checkpoint_sha256"), Path(path))
         baseline, baseline_from = build_baseline(run, cfg.baseline_init)
         settings = ProbeSettings(cfg.lr, cfg.probe_batch_size, cfg.max_epochs, cfg.patience)
-        rows: list[dict] = []
-        for name, encoder in (("X2CT-CLIP (trained)", run.encoder), (f"baseline ({baseline_from})", baseline)):
-            lat = {
-                s: encode_store_items(
-                    encoder,
-                    run.eval_transform,
-                    functools.partial(read_view, sp, 0),
-                    range(len(sp)),
-                    cfg.batch_size,
-                    device,
-                    cfg.progress,
-                    desc=f"{name}: {s}",
-                )  # fmt: skip
-                for s, sp in (("train", train), ("test", test))
-            }
-            rows += fewshot_rows(
-                name, lat["train"], train.labels, lat["test"], test.labels, test.label_names,
-                tuple(cfg.fractions), tuple(cfg.seeds), settings, str(device),
+
+        def encode(encoder, split, desc: str) -> np.ndarray:
+            return encode_store_items(
+                encoder, run.eval_transform, functools.partial(read_view, split, 0), range(len(split)),
+                cfg.batch_size, device, cfg.progress, desc=desc,
             )  # fmt: skip
+
+        latents = {
+            name: (encode(encoder, train, f"{name}: train"), encode(encoder, test, f"{name}: test"))
+            for name, encoder in (("X2CT-CLIP (trained)", run.encoder), (f"baseline ({baseline_from})", baseline))
+        }
+        rows = fewshot_rows(
+            latents, train.labels, test.labels, test.label_names, tuple(cfg.fractions), tuple(cfg.seeds), settings,
+            str(device),
+        )  # fmt: skip
         meta = {
             "run": str(cfg.run),
             "checkpoint": str(run.checkpoint),

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.runtime import atomic_write_text
-from schemas.errors import PipelineError
+from schemas.errors import ItemsFailedError, PipelineError
 from trainer.encode import encode_images
 from trainer.evaluation.zeroshot import l2_normalise, zero_shot_probabilities
 from trainer.predict.radiograph import Radiograph, RadiographError, read_radiograph
@@ -85,7 +85,7 @@ def predict_files(
             readable.append((len(rows), rg))
         except RadiographError as e:
             row.update(status="error", error=str(e))
-            log.warning("%s", e)
+            log.debug("%s", e)  # the row says it; the command lists the first failures
         rows.append(row)
     pos, neg = run.prompts[prompt_set]["positive"], run.prompts[prompt_set]["negative"]
     for start in range(0, len(readable), batch_size):
@@ -106,6 +106,9 @@ def predict_files(
                 rows[i].update(status="error", error=f"{rows[i]['file']}: the encoder could not score it ({e})")
                 continue
             p = zero_shot_probabilities(zi, pos, neg, float(np.exp(run.temperature)))[0]
+            if not np.isfinite(p).all():  # never a NaN score under status "ok"
+                rows[i].update(status="error", error=f"{rows[i]['file']}: the run gave non-finite scores for it")
+                continue
             rows[i]["scores"] = {name: float(v) for name, v in zip(run.label_names, p)}
             if cache is not None:
                 sims = gallery @ l2_normalise(zi)[0]
@@ -141,11 +144,11 @@ def write_rows(rows: list[dict[str, Any]], out: Path, label_names: list[str], me
 
 def run_predict(cfg) -> list[dict[str, Any]]:
     """The command: load the run (and cache), score every input, write ``cfg.out``."""
-    from trainer.encode import resolve_device
+    from pipeline.devices import resolve_device
     from trainer.run import load_run
 
+    device = resolve_device(cfg.device)  # --device cuda without a GPU: refused before any work
     run = load_run(cfg.run, checkpoint=cfg.checkpoint)
-    device = resolve_device(cfg.device)
     cache = None
     if cfg.embeddings is not None:
         from pipeline.embed.reader import load_embeddings
@@ -159,4 +162,8 @@ def run_predict(cfg) -> list[dict[str, Any]]:
     )
     meta = {"run": str(cfg.run), "checkpoint": str(cfg.checkpoint), "prompt_set": cfg.prompt_set}
     write_rows(rows, cfg.out, list(run.label_names), meta)
+    if not any(r["status"] == "ok" for r in rows):
+        raise ItemsFailedError(
+            f"no radiograph could be scored ({rows[0]['error']}); every row of {cfg.out} is an error"
+        )
     return rows

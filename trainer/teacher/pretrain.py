@@ -403,9 +403,10 @@ def write_run_config(cfg: PretrainConfig, model_cfg) -> None:
 
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """The whole run under the output lock, logging to ``out.log``."""
-    from pipeline.runtime import log_to_file, output_lock
+    from pipeline.runtime import log_to_file, make_folder, output_lock, refuse_non_folder
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    refuse_non_folder(cfg.out, "a pretrain-ctclip run")
+    make_folder(cfg.out, cfg.out)
     with output_lock(cfg.out, "pretrain-ctclip"), log_to_file(cfg.out / "out.log"):
         trainer = Trainer(cfg)
         write_run_config(cfg, trainer.model_cfg)

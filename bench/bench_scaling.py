@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -37,12 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+LIVE: list[subprocess.Popen] = []  # children to end if this benchmark is stopped (SIGTERM)
+
+
 def run_tree(argv: list[str], env: dict | None = None) -> dict:
     """Run ``argv``; wall seconds, CPU seconds and peak summed RSS (MB) of its process tree."""
     import psutil
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    LIVE.append(proc)
     root = psutil.Process(proc.pid)
     peak, cpu_seen = 0.0, {}
     while proc.poll() is None:
@@ -66,11 +71,12 @@ def run_tree(argv: list[str], env: dict | None = None) -> dict:
     return {"seconds": time.perf_counter() - t0, "cpu_s": sum(cpu_seen.values()), "peak_rss_mb": peak / 2**20}
 
 
-def small_stages(work: Path, plan: dict[int, list[int]]) -> tuple[list, list, dict]:
-    """``plan``: volumes -> the worker counts to run them with."""
+def small_stages(work: Path, plan: dict[int, list[int]], res: dict, save) -> dict:
+    """``plan``: volumes -> the worker counts to run them with. Figures go into ``res`` as they
+    come (``save()`` writes them), so a stopped run keeps what it measured."""
     from bench.bench_embed import make_data
 
-    drr, embed, largest = [], [], {}
+    drr, embed, largest = res.setdefault("simulate_drr", []), res.setdefault("embed_ct", []), {}
     for n, workers in plan.items():
         manifest, ckpt, tok, _ = make_data(work, "tiny", n)
         for w in workers:
@@ -89,7 +95,10 @@ def small_stages(work: Path, plan: dict[int, list[int]]) -> tuple[list, list, di
             embed.append({"n": n, "size": "40x40x24", "workers": w, **r})
             print(f"n={n} workers={w}: drr {drr[-1]['seconds']:.1f} s, embed {embed[-1]['seconds']:.1f} s", flush=True)
             largest = {"store": store, "cache": cache, "n": n}
-    return drr, embed, largest
+            save()
+        res["epoch"] = epoch(largest["store"], largest["cache"], [0, 2])  # the largest store so far
+        save()
+    return largest
 
 
 def full_size_drr(work: Path, n: int, workers: list[int]) -> list:
@@ -199,14 +208,14 @@ def driver_child(n_rows: int, work: Path, limit: int | None = None) -> dict:
         limit=limit,
     )
     t = time.perf_counter()
-    summary = run_stage(cfg, client=client, echo=lambda *_: None)
+    summary = run_stage(cfg, client=client)
     seconds = time.perf_counter() - t
     stop.set()
     sampler.join()
     client.close()
     cluster.close()
     tasks = n_rows if limit is None else min(limit, n_rows)
-    assert summary.done == tasks, (summary.done, summary.failed, summary.failures[:3])
+    assert summary.done == tasks, (summary.done, summary.failed, list(summary.failures.items())[:3])
     return {
         "rows": n_rows,
         "tasks": tasks,
@@ -293,25 +302,35 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     res: dict = {"load_before": os.getloadavg()}
-    largest: dict = {}
-    if "stages" in parts:
-        # Each command-line run starts its own Dask cluster (tens of seconds on this loaded machine),
-        # so not every size runs with every worker count: 100 volumes show the workers' effect.
-        plan = {10: [1]} if args.quick else {10: [1], 100: [1, 2], 1000: [2]}
-        res["simulate_drr"], res["embed_ct"], largest = small_stages(args.out, plan)
-    if "full" in parts and not args.quick and args.full_n:
-        res["simulate_drr"] = res.get("simulate_drr", []) + full_size_drr(args.out, args.full_n, [1, 2])
+
+    def save() -> None:
+        res["load_after"] = os.getloadavg()
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=1, default=str))
+
+    def stop(*_):  # keep what was measured: the figures so far, and say the run was cut short
+        for proc in LIVE:
+            if proc.poll() is None:
+                proc.kill()
+        res["stopped_early"] = "SIGTERM: the parts missing from this file did not run to the end"
+        save()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     if "driver" in parts:
         # 50k tasks of Dask overhead take ~30 min on this loaded 2-core machine: the 50k-row manifest
         # runs its first 1k items (--limit) against a 1k-row manifest, so the manifest's own cost is seen.
         res["driver"] = driver_memory(args.out, [(300, None)] if args.quick else [(1000, None), (50000, 1000)])
-    if "epoch" in parts and largest:
-        res["epoch"] = epoch(largest["store"], largest["cache"], [0, 2])
-    res["load_after"] = os.getloadavg()
-    text = json.dumps(res, indent=1, default=str)
-    if args.json:
-        args.json.write_text(text)
-    print(text)
+        save()
+    if "stages" in parts:
+        # Each command-line run starts its own Dask cluster (tens of seconds on this loaded machine),
+        # so not every size runs with every worker count: 100 volumes show the workers' effect.
+        plan = {10: [1]} if args.quick else {10: [1], 100: [1, 2], 1000: [2]}
+        small_stages(args.out, plan, res, save)  # with the read side after each size (``epoch``)
+    if "full" in parts and not args.quick and args.full_n:
+        res["simulate_drr"] = res.get("simulate_drr", []) + full_size_drr(args.out, args.full_n, [1, 2])
+    save()
+    print(json.dumps(res, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def ctclip(r: dict) -> str:
 
 
 def scaling(r: dict) -> str:
-    parts = []
+    parts = [f"**Stopped early**: {r['stopped_early']}."] if "stopped_early" in r else []
     for stage in ("simulate_drr", "embed_ct"):
         rows = [
             [e["n"], e["size"], e["workers"], e["seconds"], e["n"] / e["seconds"], e["peak_rss_mb"], e.get("cpu_s", "")]

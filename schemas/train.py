@@ -135,8 +135,23 @@ class TrainConfig(StageConfig):
         return self.model_dump(mode="json", exclude=OPERATIONAL_FIELDS)
 
 
-# Fields that may change between a run and its resumption (they do not change the result).
-OPERATIONAL_FIELDS = {"resume", "progress", "workers", "checkpoint_every", "keep_checkpoints", "log_every", "device"}
+# Fields that may change between a run and its resumption (they do not change the result). The
+# paths may change too (a moved run or data set): the inputs are compared by their identities
+# (store config and manifest hashes, cache identity), not by where they lie.
+OPERATIONAL_FIELDS = {
+    "resume",
+    "progress",
+    "workers",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "device",
+    "out",
+    "drr",
+    "embeddings",
+    "valid_drr",
+    "valid_embeddings",
+}
 
 
 class RunLayout(BaseModel):

@@ -115,15 +115,11 @@ def default_workers(cores: int) -> int:
 
 
 def _cluster(cfg: SimulateDRRConfig):
-    """(client, threads per task, closer). A local cluster is sized to the machine."""
+    """(client, threads per task, closer) of a local cluster sized to the machine (``--scheduler``
+    is connected to by :func:`run_stage`, before anything is written)."""
     from distributed import Client, LocalCluster
 
     cores = os.cpu_count() or 1
-    if cfg.scheduler is not None:
-        from pipeline.runtime import connect_scheduler
-
-        client = connect_scheduler(cfg.scheduler)
-        return client, cfg.threads_per_worker or 1, client.close
     workers = cfg.workers or default_workers(cores)
     threads = cfg.threads_per_worker or max(1, cores // workers)
     cluster = LocalCluster(
@@ -153,9 +149,14 @@ def run_stage(cfg: SimulateDRRConfig, client=None) -> RunSummary:
     if client is None and cfg.scheduler is None:  # a remote cluster's workers have their own devices
         refuse_missing_gpu(cfg.device)
     refuse_non_folder(cfg.out, "a Zarr store")  # before the lock file is made beside it
-    # one driver per store: two would render and write the same items
-    with output_lock(cfg.out, "simulate-drr"), ExitStack() as log_file:
-        summary = _render_pending(cfg, rows, client, t_start, log_file)
+    with ExitStack() as stack:
+        if client is None and cfg.scheduler is not None:  # an unreachable scheduler: refused before any write
+            from pipeline.runtime import connect_scheduler
+
+            client = stack.enter_context(connect_scheduler(cfg.scheduler))
+        # one driver per store: two would render and write the same items
+        stack.enter_context(output_lock(cfg.out, "simulate-drr"))
+        summary = _render_pending(cfg, rows, client, t_start, stack.enter_context(ExitStack()))
         log.info(
             "%s: %s; peak worker memory %.0f MB; %d failed items recorded in %s/errors",
             cfg.out,

@@ -110,3 +110,4 @@ def test_unreachable_scheduler_is_one_line(drr_set, embed_inputs, tmp_path):
         ):
             res = cli(*args, "--scheduler", "tcp://127.0.0.1:1")
             assert res.exit_code == 2 and "cannot reach the Dask scheduler at 'tcp://127.0.0.1:1'" in res.error_line
+    assert not (tmp_path / "d.zarr").exists() and not (tmp_path / "d.zarr.lock").exists()  # nothing written

@@ -16,6 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from schemas.train import TrainConfig
+from tests.helpers.train_run import NO_AUGMENT
+from tests.helpers.train_run import tiny_train_config as config
 from trainer.data import join_split
 from trainer.encoder import build_encoder, resolve_encoder
 from trainer.metrics import recall_at_k
@@ -23,7 +25,6 @@ from trainer.run import load_run
 from trainer.train import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[2]
-NO_AUGMENT = {"clahe_p": 0.0, "crop_scale": (1.0, 1.0), "brightness": 0.0, "contrast": 0.0}
 
 
 @pytest.fixture
@@ -33,22 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def config(chain, out: Path, **over) -> TrainConfig:
-    # 14 training scans: batch 7 gives 2 steps per epoch.
-    base = dict(
-        drr=chain.drr["train"],
-        embeddings=chain.embeddings["train"],
-        out=out,
-        encoder="tiny",
-        batch_size=7,
-        epochs=100,
-        workers=0,
-        progress=False,
-        log_every=2,
-    )
-    return TrainConfig.model_validate(base | over)
 
 
 def args(cfg: TrainConfig) -> list[str]:
@@ -128,6 +113,11 @@ def test_validation_and_the_run_directory(chain, tmp_path, one_thread):
     assert again.exit_code == 2 and "already holds a run" in again.output
     other = runner.invoke(app, ["train", *args(cfg.model_copy(update={"lr": 1e-3})), "--resume"])
     assert other.exit_code == 2 and "lr: checkpoint 5e-05, now 0.001" in other.output, other.output
+    # a moved run directory still resumes (paths are not part of a run's identity); finished: no step
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    train(cfg.model_copy(update={"out": moved, "resume": True}))
+    assert torch.load(moved / "checkpoints" / "latest.pt", weights_only=True)["step"] == 6
 
 
 KILLER = """

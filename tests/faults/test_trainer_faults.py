@@ -234,3 +234,16 @@ def test_reader_refuses_an_hdf5_file_of_another_kind(tmp_path):
         f["x"] = np.arange(3)
     with pytest.raises(NotACacheError, match="other.h5 is not an embed-ct cache"):
         load_embeddings(tmp_path / "other.h5")
+
+
+def test_pretrain_latin1_vocab_is_one_line_before_the_run_folder(chain, tmp_path):
+    vocab = tmp_path / "tok" / "vocab.txt"
+    vocab.parent.mkdir()
+    vocab.write_bytes((chain.tokenizer / "vocab.txt").read_bytes() + "pleural_\xe9panchement\n".encode("latin-1"))
+    out = tmp_path / "run"
+    res = cli(
+        "pretrain-ctclip", "--manifest", chain.manifests["train"], "--tokenizer", vocab.parent, "--out", out,
+        "--no-progress",
+    )  # fmt: skip
+    assert res.exit_code == 2 and str(vocab) in res.error_line and "unreadable vocabulary" in res.error_line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"], "no run folder, no lock file"

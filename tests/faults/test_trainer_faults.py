@@ -99,7 +99,8 @@ def folder_command_args(command: str, chain, run: Path, out: Path) -> list:
             out,
             "--no-progress",
         ],  # fmt: skip
-        "demo": lambda: ["demo", "--out", out, "--n", "8"],
+        # --pretrain-teacher: the --out checks alone, whether or not the bundled teacher is in this checkout
+        "demo": lambda: ["demo", "--out", out, "--n", "8", "--pretrain-teacher"],
     }[command]()
 
 
@@ -247,3 +248,14 @@ def test_pretrain_latin1_vocab_is_one_line_before_the_run_folder(chain, tmp_path
     )  # fmt: skip
     assert res.exit_code == 2 and str(vocab) in res.error_line and "unreadable vocabulary" in res.error_line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"], "no run folder, no lock file"
+
+
+def test_demo_without_its_teacher_is_refused_before_the_first_stage(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "vocab.txt").write_text("[PAD]\n")  # a folder missing ctclip.pt and model_config.json
+    out = tmp_path / "demo"
+    res = cli("demo", "--out", out, "--n", "8", "--teacher", teacher)
+    assert res.exit_code == 2 and str(teacher) in res.error_line
+    assert "ctclip.pt, model_config.json" in res.error_line and "--pretrain-teacher" in res.error_line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"], "no stage ran, no demo folder"

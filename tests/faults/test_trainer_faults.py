@@ -259,3 +259,14 @@ def test_demo_without_its_teacher_is_refused_before_the_first_stage(tmp_path):
     assert res.exit_code == 2 and str(teacher) in res.error_line
     assert "ctclip.pt, model_config.json" in res.error_line and "--pretrain-teacher" in res.error_line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"], "no stage ran, no demo folder"
+
+
+def test_resuming_a_finished_run_says_what_it_has_not_none(chain, run_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out, symlinks=True)
+    res = cli(*train_args(chain, out, "--resume"))
+    assert res.exit_code == 0, res.stderr
+    done = [line for line in res.stderr.splitlines() if line.startswith("done: 2 steps")]
+    assert len(done) == 1 and "None" not in done[0] and "no validation result" in done[0], res.stderr

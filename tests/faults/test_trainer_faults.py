@@ -99,7 +99,8 @@ def folder_command_args(command: str, chain, run: Path, out: Path) -> list:
             out,
             "--no-progress",
         ],  # fmt: skip
-        "demo": lambda: ["demo", "--out", out, "--n", "8"],
+        # --pretrain-teacher: the --out checks alone, whether or not the bundled teacher is in this checkout
+        "demo": lambda: ["demo", "--out", out, "--n", "8", "--pretrain-teacher"],
     }[command]()
 
 
@@ -247,3 +248,25 @@ def test_pretrain_latin1_vocab_is_one_line_before_the_run_folder(chain, tmp_path
     )  # fmt: skip
     assert res.exit_code == 2 and str(vocab) in res.error_line and "unreadable vocabulary" in res.error_line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"], "no run folder, no lock file"
+
+
+def test_demo_without_its_teacher_is_refused_before_the_first_stage(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "vocab.txt").write_text("[PAD]\n")  # a folder missing ctclip.pt and model_config.json
+    out = tmp_path / "demo"
+    res = cli("demo", "--out", out, "--n", "8", "--teacher", teacher)
+    assert res.exit_code == 2 and str(teacher) in res.error_line
+    assert "ctclip.pt, model_config.json" in res.error_line and "--pretrain-teacher" in res.error_line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"], "no stage ran, no demo folder"
+
+
+def test_resuming_a_finished_run_says_what_it_has_not_none(chain, run_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out, symlinks=True)
+    res = cli(*train_args(chain, out, "--resume"))
+    assert res.exit_code == 0, res.stderr
+    done = [line for line in res.stderr.splitlines() if line.startswith("done: 2 steps")]
+    assert len(done) == 1 and "None" not in done[0] and "no validation result" in done[0], res.stderr

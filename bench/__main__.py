@@ -314,7 +314,9 @@ def project_ct_rate(run: dict) -> dict | None:
         )
     else:
         return None
-    decode = load["median_s"]["load_ct"]  # one full-size volume, one core
+    # One full-size volume's load on one core: CPU seconds inside the stage's own floor tasks
+    # (same run, same units as the projection cost below), else the load_ct benchmark's median.
+    decode = stage.get("floor_cpu_per_volume_s", load["median_s"]["load_ct"])
     drr = stage["cone_pa_lateral_cpu_per_volume_s"]  # load + PA + lateral 512, one core
     n = CT_RATE_VOLUMES
     rows = {}

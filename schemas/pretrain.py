@@ -39,6 +39,13 @@ class PretrainConfig(StageConfig):
         description="Std of the text encoder's initial weights (BERT's own is 0.02): larger weights make the "
         "untrained encoder's output depend on the words, so contrastive training does not start collapsed.",
     )
+    anchor_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="Epochs at the start where each tower is trained (InfoNCE) towards fixed anchors instead of "
+        "the other tower: per report, the IDF-weighted sum of fixed random vectors of its sentences. Both towers "
+        "start nearly constant and joint training stays at that saddle; anchors are distinct from the first step.",
+    )
     temperature_init: float = Field(default=2.659, description="Initial log logit scale (CLIP's log(1/0.07)).")
     max_logit_scale: float = Field(default=100.0, gt=0, description="The logit scale is clamped to this.")
     report_subset_prob: float = Field(

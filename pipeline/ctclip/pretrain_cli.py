@@ -25,6 +25,9 @@ def pretrain_ctclip(
     report_subset_prob: float | None = typer.Option(
         None, help="Chance a step's text is a random subset of the report's sentences (default: 0.5)."
     ),
+    anchor_epochs: int | None = typer.Option(
+        None, help="Epochs each tower first learns towards fixed per-report anchors (default: 0)."
+    ),
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints (default: 200)."),
     seed: int | None = typer.Option(None, help="Random seed (default: 0)."),
     threads: int | None = typer.Option(None, help="torch threads (default: torch's)."),
@@ -48,6 +51,7 @@ def pretrain_ctclip(
             "batch_size": batch_size,
             "lr": lr,
             "report_subset_prob": report_subset_prob,
+            "anchor_epochs": anchor_epochs,
             "checkpoint_every": checkpoint_every,
             "seed": seed,
             "threads": threads,

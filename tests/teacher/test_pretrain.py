@@ -127,3 +127,25 @@ def test_cli_names_a_missing_vocabulary(inputs, tmp_path):
     )
     assert res.exit_code == 2
     assert "vocab.txt" in res.output
+
+
+def test_sentence_anchors_weigh_sentences_by_rarity():
+    import numpy as np
+
+    from trainer.teacher.pretrain import sentence_anchors
+
+    common, a, b = [1, 2], [3], [4, 5]
+    pairs = tdata.PairSet(
+        ids=["x", "y", "z", "w"],
+        scan_ids=["x", "y", "z", "w"],
+        patient_ids=["x", "y", "z", "w"],
+        volumes=np.zeros((4, 1, 1, 1, 1), np.float16),
+        sentences=[[common, a], [common, a], [common, b], [common]],
+        labels=np.zeros((4, 18), np.uint8),
+        failures={},
+    )
+    z = sentence_anchors(pairs, 16, seed=0)
+    assert np.allclose(np.linalg.norm(z[:3], axis=1), 1.0)
+    assert np.allclose(z[0], z[1])  # same sentences, same anchor
+    assert not np.allclose(z[0], z[2])
+    assert np.allclose(z[3], 0.0)  # only the sentence every report has: weight log(1) = 0

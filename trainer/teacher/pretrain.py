@@ -84,6 +84,25 @@ def info_nce(ct: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def sentence_anchors(pairs: tdata.PairSet, dim: int, seed: int) -> np.ndarray:
+    """(N, dim) unit anchors: per row, the sum of a fixed random unit vector per distinct sentence, weighted by
+    the sentence's inverse document frequency over reports (sentences every report has weigh ~0)."""
+    keys = [[tuple(s) for s in row] for row in pairs.sentences]
+    reports = {tuple(k) for k in keys}
+    df: dict[tuple, int] = {}
+    for rep in reports:
+        for s in set(rep):
+            df[s] = df.get(s, 0) + 1
+    rng = np.random.default_rng([seed, 7])
+    vec = {s: rng.standard_normal(dim) for s in sorted(df)}
+    out = np.zeros((len(keys), dim))
+    for i, row in enumerate(keys):
+        for s in set(row):
+            out[i] += np.log(len(reports) / df[s]) * vec[s] / np.sqrt(dim)
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
 class Trainer:
     def __init__(self, cfg: PretrainConfig, tokenizer=None):
         from pipeline.ctclip.model import CTCLIP
@@ -139,6 +158,7 @@ class Trainer:
         self.step = self.epoch = self.epoch_step = 0
         self.best: dict | None = None
         self.prompts = prompt_sets()
+        self.anchors = sentence_anchors(self.train, self.model_cfg.dim_latent, cfg.seed) if cfg.anchor_epochs else None
 
     # --- state -------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -257,7 +277,11 @@ class Trainer:
         ct = self.model.latent_from_quantized(feats.quantized)
         text = self.text_latents(ids, mask, owner, len(rows))
         scale = self.model.temperature.exp().clamp(max=self.cfg.max_logit_scale)
-        clip = info_nce(ct, text, scale)
+        if self.anchors is not None and self.epoch < self.cfg.anchor_epochs:
+            target = torch.from_numpy(self.anchors[rows])
+            clip = 0.5 * (info_nce(ct, target, scale) + info_nce(text, target, scale))
+        else:
+            clip = info_nce(ct, text, scale)
         loss = clip + self.cfg.vq_commitment * self.vq.commit_loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

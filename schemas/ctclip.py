@@ -72,6 +72,13 @@ class CTCLIPTextConfig(BaseModel):
     type_vocab_size: int = Field(default=2, gt=0)
     layer_norm_eps: float = Field(default=1e-12, gt=0)
     max_length: int = Field(default=512, gt=0, description="Tokenizer truncation/padding length (tokens).")
+    pooling: Literal["cls", "sentence_mean"] = Field(
+        default="cls",
+        description="How a text becomes one latent: 'cls' (official: the CLS token of the whole text) or "
+        "'sentence_mean' (each sentence encoded alone, CLS latents averaged, then normalised). A small text "
+        "encoder trained from scratch on long, similar reports gives nearly the same CLS for every report and "
+        "contrastive training collapses; sentences are short and distinct. Same weights either way.",
+    )
 
 
 class CTCLIPPreprocessConfig(BaseModel):

@@ -33,6 +33,12 @@ class PretrainConfig(StageConfig):
     lr: float = Field(default=1e-3, gt=0, description="AdamW peak learning rate (linear warm-up, cosine decay).")
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_steps: int = Field(default=100, ge=0)
+    text_init_std: float = Field(
+        default=0.1,
+        gt=0,
+        description="Std of the text encoder's initial weights (BERT's own is 0.02): larger weights make the "
+        "untrained encoder's output depend on the words, so contrastive training does not start collapsed.",
+    )
     temperature_init: float = Field(default=2.659, description="Initial log logit scale (CLIP's log(1/0.07)).")
     max_logit_scale: float = Field(default=100.0, gt=0, description="The logit scale is clamped to this.")
     report_subset_prob: float = Field(

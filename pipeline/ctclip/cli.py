@@ -43,3 +43,17 @@ def vocab(
 
     record = build_vocab(list(manifest), out, vocab_size=vocab_size, min_frequency=min_frequency)
     typer.echo(f"{out / 'vocab.txt'}: {record['tokens']} tokens from {record['distinct_reports']} distinct reports")
+
+
+@ctclip_app.command("export")
+@friendly_errors
+def export(
+    run: Path = typer.Argument(..., help="pretrain-ctclip run folder."),
+    checkpoint: str = typer.Option("best", help="best, latest or step_N: which checkpoint to export."),
+) -> None:
+    """Write RUN/export/ (ctclip.pt, model_config.json, vocab.txt, provenance.json) from a checkpoint, e.g. of a
+    run still training or cut short; pretrain-ctclip does this itself at the end."""
+    from trainer.teacher.pretrain import export_run
+
+    folder = export_run(run, checkpoint)
+    typer.echo(f"{folder}: ctclip.pt, model_config.json, vocab.txt, provenance.json")

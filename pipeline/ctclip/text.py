@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,9 @@ NOT_GIVEN = "Not given."
 REQUIRED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 # Characters the official inference loader deletes from the report text.
 STRIPPED_CHARS = "\"'()"
+# A sentence ends at '.', '?' or '!' followed by a capital letter (spaces optional: the official join of
+# findings and impressions puts no space between them).
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s*(?=[A-Z])")
 
 
 class TokenizerError(PipelineError, ValueError):
@@ -89,3 +93,33 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int = 512, pad_to_max_
         padding="max_length" if pad_to_max_length else "longest",
     )
     return enc["input_ids"], enc["attention_mask"]
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a (cleaned) report, in order; a text without a sentence end is one sentence."""
+    return [p.strip() for p in _SENTENCE_END.split(text) if p.strip()] or [text]
+
+
+def encode_texts(model, tokenizer, texts: Sequence[str]):
+    """L2-normalised latents (B, dim_latent) of whole texts, pooled as the model's config says
+    (``text.pooling``): the CLS of each text, or the normalised mean of its sentences' CLS latents."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg = model.cfg.text
+    device = next(model.text_transformer.parameters()).device
+
+    def encode(batch: list[str]) -> torch.Tensor:
+        ids, mask = tokenize(tokenizer, batch, max_length=cfg.max_length)
+        return model.encode_text(ids.to(device), mask.to(device))
+
+    texts = list(texts)
+    if cfg.pooling == "cls":
+        return encode(texts)
+    pieces = [split_sentences(t) for t in texts]
+    latents = encode([s for p in pieces for s in p])
+    out, start = [], 0
+    for p in pieces:
+        out.append(latents[start : start + len(p)].mean(dim=0))
+        start += len(p)
+    return F.normalize(torch.stack(out), dim=-1)

@@ -62,10 +62,9 @@ class LoadedModel:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts (already cleaned where they are reports) -> (B, 512) float32 latents."""
-        from pipeline.ctclip.text import tokenize
+        from pipeline.ctclip.text import encode_texts
 
-        ids, mask = tokenize(self.tokenizer, texts, max_length=self.model.cfg.text.max_length)
-        z = self.model.encode_text(ids.to(self.device), mask.to(self.device))
+        z = encode_texts(self.model, self.tokenizer, texts)
         return z.float().cpu().numpy()
 
     @property

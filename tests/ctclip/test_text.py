@@ -56,3 +56,34 @@ def test_a_vocabulary_without_bert_tokens_or_too_big_for_the_model_is_named(tmp_
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(70)]))
     with pytest.raises(TokenizerError, match="74 tokens, but the model's text encoder has 64"):
         load_tokenizer(folder, vocab_size=64)
+
+
+def test_split_sentences_keeps_the_official_join_apart():
+    from pipeline.ctclip.text import split_sentences
+
+    text = report_text("Heart is enlarged. No effusion.", "Cardiomegaly.")
+    assert split_sentences(text) == ["Heart is enlarged.", "No effusion.", "Cardiomegaly."]
+    assert split_sentences("no end") == ["no end"]
+
+
+def test_sentence_mean_pooling_is_the_normalised_mean_of_sentence_latents(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.ctclip.model import CTCLIP
+    from pipeline.ctclip.text import encode_texts
+    from schemas.ctclip import CTCLIPConfig
+
+    tok = load_tokenizer(write_vocab(tmp_path))
+    base = CTCLIP("tiny").cfg.model_dump(mode="json")
+    texts = ["There is no effusion. The heart size is normal.", "Lung nodule."]
+    torch.manual_seed(0)
+    cls_model = CTCLIP("tiny")
+    assert torch.equal(encode_texts(cls_model, tok, texts), cls_model.encode_text(*tokenize(tok, texts)))
+    base["text"]["pooling"] = "sentence_mean"
+    model = CTCLIP(CTCLIPConfig.model_validate(base))
+    model.load_state_dict(cls_model.state_dict())  # same weights: pooling is not a weight
+    got = encode_texts(model, tok, texts)
+    parts = model.encode_text(*tokenize(tok, ["There is no effusion.", "The heart size is normal."]))
+    assert torch.allclose(got[0], F.normalize(parts.mean(0), dim=0), atol=1e-6)
+    assert torch.allclose(got[1], model.encode_text(*tokenize(tok, ["Lung nodule."]))[0], atol=1e-6)

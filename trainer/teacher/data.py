@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.ctclip.text import report_text
+from pipeline.ctclip.text import report_text, split_sentences
 from schemas.embed import LABEL_MISSING
 from schemas.errors import ItemsFailedError, PipelineError
 
 logger = logging.getLogger(__name__)
 
-# A sentence ends at '.', '?' or '!' followed by a capital letter (spaces optional: the official join
-# puts no space between findings and impressions).
-_SENTENCE_END = re.compile(r"(?<=[.?!])\s*(?=[A-Z])")
-
 
 class PretrainDataError(PipelineError):
     """The training pairs cannot be made (no usable rows, no disk space)."""
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
 @dataclass
@@ -137,7 +128,7 @@ def load_pairs(manifest: Path, tokenizer, model_cfg, ct_cfg, folder: Path, name:
     for r in kept:
         text = report_text(r.findings, r.impressions)
         if text not in per_report:
-            parts = split_sentences(text) or [""]
+            parts = split_sentences(text)
             per_report[text] = tokenizer(parts, add_special_tokens=False)["input_ids"]
         sentences.append(per_report[text])
     labels = np.array([[LABEL_MISSING if v is None else v for v in r.labels] for r in kept], dtype=np.uint8)

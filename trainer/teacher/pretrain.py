@@ -65,16 +65,9 @@ def resolved_model_config(cfg: PretrainConfig, vocab_tokens: int):
     return CTCLIPConfig.model_validate(base)
 
 
-def _vocab_tokens(folder: Path) -> int:
-    vocab = folder / "vocab.txt"
-    if not vocab.is_file():
-        from schemas.errors import InputMissingError
-
-        raise InputMissingError(
-            f"{folder}: no vocab.txt in the tokenizer folder; build one with `x2ct-pipeline ctclip vocab`"
-        )
-    with vocab.open(encoding="utf-8") as f:
-        return sum(1 for _ in f)
+def vocab_rows(tokenizer) -> int:
+    """Embedding rows the text model needs: one per line of vocab.txt (token id = line number)."""
+    return max(tokenizer.vocab.values()) + 1
 
 
 def _lr_at(cfg: PretrainConfig, step: int, total: int) -> float:
@@ -92,19 +85,23 @@ def info_nce(ct: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Trainer:
-    def __init__(self, cfg: PretrainConfig):
+    def __init__(self, cfg: PretrainConfig, tokenizer=None):
         from pipeline.ctclip.model import CTCLIP
         from pipeline.ctclip.quantizer import QuantizerLearning
         from pipeline.ctclip.text import load_tokenizer
 
         self.cfg = cfg
         self.out = cfg.out
-        self.tokenizer = load_tokenizer(cfg.tokenizer)  # refuses a folder without a usable vocab.txt
-        self.model_cfg = resolved_model_config(cfg, _vocab_tokens(cfg.tokenizer))
+        # load_tokenizer refuses a folder without a usable vocab.txt (missing, not UTF-8, not a BERT vocabulary)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+        self.model_cfg = resolved_model_config(cfg, vocab_rows(self.tokenizer))
         torch.manual_seed(cfg.seed)
         self.model = CTCLIP(self.model_cfg)
         with torch.no_grad():
             self.model.temperature.fill_(cfg.temperature_init)
+            for module in self.model.text_transformer.modules():
+                if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                    module.weight.normal_(0.0, cfg.text_init_std)
         self.vq = self.model.visual_transformer.vq
         self.vq.start_learning(
             QuantizerLearning(
@@ -221,29 +218,44 @@ class Trainer:
 
     # --- work ---------------------------------------------------------------------------------------------
     def batch_tensors(self, pairs: tdata.PairSet, rows: list[int], rng: np.random.Generator | None):
+        """Volumes (B, 1, D, H, W), token ids and mask of the texts, and the row each text belongs to: one
+        text per row ('cls' pooling) or one per chosen sentence ('sentence_mean')."""
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         max_len = self.model_cfg.text.max_length
-        texts = []
-        for r in rows:
+        per_sentence = self.model_cfg.text.pooling == "sentence_mean"
+        texts, owner = [], []
+        for k, r in enumerate(rows):
             sentences = pairs.sentences[r]
             if rng is not None:
                 sentences = tdata.choose_sentences(sentences, rng, self.cfg.report_subset_prob)
-            texts.append(tdata.text_ids(sentences, cls_id, sep_id, max_len))
+            parts = [[s] for s in sentences] if per_sentence else [sentences]
+            for part in parts:
+                texts.append(tdata.text_ids(part, cls_id, sep_id, max_len))
+                owner.append(k)
         ids, mask = tdata.pad_batch(texts, self.tokenizer.pad_token_id)
         idx = np.sort(np.asarray(rows))
         order = np.argsort(np.argsort(rows))
         vol = torch.from_numpy(np.asarray(pairs.volumes[idx], dtype=np.float32)[order])
-        return vol, ids, mask
+        return vol, ids, mask, torch.tensor(owner)
+
+    def text_latents(self, ids: torch.Tensor, mask: torch.Tensor, owner: torch.Tensor, rows: int) -> torch.Tensor:
+        """One latent per row: the text's CLS latent, or the normalised mean of its sentences' (as
+        :func:`pipeline.ctclip.text.encode_texts` computes it at inference)."""
+        z = self.model.encode_text(ids, mask)
+        if self.model_cfg.text.pooling == "cls":
+            return z
+        sums = torch.zeros(rows, z.shape[1], dtype=z.dtype).index_add(0, owner, z)
+        return F.normalize(sums, dim=-1)
 
     def train_step(self, rows: list[int]) -> dict:
         rng = np.random.default_rng([self.cfg.seed, self.epoch, self.epoch_step, 1])
-        vol, ids, mask = self.batch_tensors(self.train, rows, rng)
+        vol, ids, mask, owner = self.batch_tensors(self.train, rows, rng)
         for group in self.optimizer.param_groups:
             group["lr"] = _lr_at(self.cfg, self.step, self.total_steps)
         self.model.train()
         feats = self.model.visual_features(vol, "fp32")
         ct = self.model.latent_from_quantized(feats.quantized)
-        text = self.model.encode_text(ids, mask)
+        text = self.text_latents(ids, mask, owner, len(rows))
         scale = self.model.temperature.exp().clamp(max=self.cfg.max_logit_scale)
         clip = info_nce(ct, text, scale)
         loss = clip + self.cfg.vq_commitment * self.vq.commit_loss
@@ -271,9 +283,9 @@ class Trainer:
         cts, texts = [], []
         for s in range(0, len(pairs), batch):
             rows = list(range(s, min(s + batch, len(pairs))))
-            vol, ids, mask = self.batch_tensors(pairs, rows, None)
+            vol, ids, mask, owner = self.batch_tensors(pairs, rows, None)
             cts.append(self.model.encode_ct(vol, "fp32").numpy())
-            texts.append(self.model.encode_text(ids, mask).numpy())
+            texts.append(self.text_latents(ids, mask, owner, len(rows)).numpy())
         return np.concatenate(cts), np.concatenate(texts)
 
     def validate(self) -> dict:
@@ -356,32 +368,7 @@ class Trainer:
         return PretrainResult(self.out, self.step, self.epoch, self.best, export, time.perf_counter() - t0)
 
     def export(self) -> Path:
-        """``export/``: the best weights as a plain CT-CLIP state dict, its model config, the vocabulary."""
-        from pipeline.ctclip.checkpoint import save_ctclip
-        from pipeline.ctclip.model import CTCLIP
-        from pipeline.runtime import atomic_write_text
-        from schemas.manifest import manifest_sha256
-
-        folder = self.out / "export"
-        folder.mkdir(parents=True, exist_ok=True)
-        best = torch.load(self.out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
-        model = CTCLIP(self.model_cfg)
-        model.load_state_dict(best["model"])
-        sha = save_ctclip(model, folder / "ctclip.pt")
-        atomic_write_text(folder / "model_config.json", self.model_cfg.model_dump_json(indent=2) + "\n")
-        shutil.copyfile(self.out / "vocab" / "vocab.txt", folder / "vocab.txt")
-        record = {
-            "checkpoint_sha256": sha,
-            "step": int(best["step"]),
-            "epoch": int(best["epoch"]),
-            "best": json.loads(best["best"]),
-            "config": self.cfg.model_dump(mode="json"),
-            "manifest_sha256": manifest_sha256(self.cfg.manifest),
-            "valid_manifest_sha256": manifest_sha256(self.cfg.valid_manifest) if self.cfg.valid_manifest else None,
-        }
-        atomic_write_text(folder / "provenance.json", json.dumps(record, indent=2) + "\n")
-        logger.info("exported step %d to %s (sha256 %s)", record["step"], folder, sha)
-        return folder
+        return export_run(self.out)
 
 
 def write_run_config(cfg: PretrainConfig, model_cfg) -> None:
@@ -410,12 +397,14 @@ def write_run_config(cfg: PretrainConfig, model_cfg) -> None:
 
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """The whole run under the output lock, logging to ``out.log``."""
+    from pipeline.ctclip.text import load_tokenizer
     from pipeline.runtime import log_to_file, make_folder, output_lock, refuse_non_folder
 
     refuse_non_folder(cfg.out, "a pretrain-ctclip run")
+    tokenizer = load_tokenizer(cfg.tokenizer)  # a bad vocab.txt is refused before the run folder is made
     make_folder(cfg.out, cfg.out)
     with output_lock(cfg.out, "pretrain-ctclip"), log_to_file(cfg.out / "out.log"):
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, tokenizer)
         write_run_config(cfg, trainer.model_cfg)
         logger.info(
             "pretrain-ctclip: %d train pairs (%d scans), %s valid, %d steps/epoch x %d epochs, model %s",
@@ -427,3 +416,49 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
             cfg.model,
         )
         return trainer.run()
+
+
+def export_run(run: Path, checkpoint: str = "best") -> Path:
+    """``RUN/export/``: a checkpoint's weights as a plain CT-CLIP state dict (what embed-ct loads), its model
+    config, the vocabulary and provenance (the options, the inputs' sha256, the validation figures of that step)."""
+    from pipeline.ctclip.checkpoint import save_ctclip
+    from pipeline.ctclip.model import CTCLIP
+    from pipeline.runtime import atomic_write_text
+    from schemas.ctclip import CTCLIPConfig
+
+    meta_path = run / "config.json"
+    ckpt_path = run / "checkpoints" / f"{checkpoint}.pt"
+    if not meta_path.is_file() or not ckpt_path.is_file():
+        raise PretrainRunError(f"{run}: no config.json or checkpoints/{checkpoint}.pt; not a pretrain-ctclip run yet")
+    meta = json.loads(meta_path.read_text())
+    model_cfg = CTCLIPConfig.model_validate(meta["model_config"])
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model = CTCLIP(model_cfg)
+    model.load_state_dict(state["model"])
+    folder = run / "export"
+    folder.mkdir(parents=True, exist_ok=True)
+    sha = save_ctclip(model, folder / "ctclip.pt")
+    atomic_write_text(folder / "model_config.json", model_cfg.model_dump_json(indent=2) + "\n")
+    shutil.copyfile(run / "vocab" / "vocab.txt", folder / "vocab.txt")
+    step = int(state["step"])
+    valid = [
+        r
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r.get("split") == "valid" and r["step"] == step
+    ]
+    record = {
+        "checkpoint_sha256": sha,
+        "checkpoint": checkpoint,
+        "step": step,
+        "epoch": int(state["epoch"]),
+        "best": json.loads(state["best"]),
+        "valid_metrics": valid[-1] if valid else None,
+        "config": meta["config"],
+        "manifest_sha256": meta["provenance"]["manifest_sha256"],
+        "valid_manifest_sha256": meta["valid_manifest_sha256"],
+        "vocab_sha256": meta["vocab_sha256"],
+        "software_version": meta["provenance"]["software_version"],
+    }
+    atomic_write_text(folder / "provenance.json", json.dumps(record, indent=2) + "\n")
+    logger.info("exported %s (step %d) to %s (sha256 %s)", ckpt_path.name, step, folder, sha)
+    return folder

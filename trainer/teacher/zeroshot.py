@@ -22,10 +22,9 @@ from trainer.evaluation import classification
 
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts: list[str]) -> np.ndarray:
-    from pipeline.ctclip.text import tokenize
+    from pipeline.ctclip.text import encode_texts as encode
 
-    ids, mask = tokenize(tokenizer, texts, max_length=model.cfg.text.max_length)
-    return model.encode_text(ids, mask).float().numpy()
+    return encode(model, tokenizer, texts).float().numpy()
 
 
 def prompt_latents(model, tokenizer, sets: dict[str, dict[str, list[list[str]]]]) -> dict[str, dict[str, np.ndarray]]:

@@ -159,6 +159,8 @@ class Demo:
                 str(self.p.teacher_run),
                 "--epochs",
                 str(self.cfg.teacher_epochs),
+                "--anchor-epochs",
+                str(max(1, self.cfg.teacher_epochs // 2)),
                 "--no-progress",
             ]
         )

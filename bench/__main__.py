@@ -276,11 +276,12 @@ def run_job(job: Job, ctx: Ctx) -> dict:
     t = time.perf_counter()
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     entry.update(seconds=time.perf_counter() - t, load_after=os.getloadavg(), returncode=proc.returncode)
+    if out_json.exists():  # also from a benchmark stopped part way: it saves what it measured
+        entry["result"] = json.loads(out_json.read_text())
     if proc.returncode != 0 or not out_json.exists():
-        entry["error"] = (proc.stderr or proc.stdout)[-4000:]
+        entry["error"] = (proc.stderr or proc.stdout)[-4000:] or f"exit status {proc.returncode}"
         print(f"[bench] {job.name} FAILED (exit {proc.returncode}):\n{entry['error'][-1500:]}", flush=True)
         return entry
-    entry["result"] = json.loads(out_json.read_text())
     entry["stdout_tail"] = proc.stdout[-2000:]
     print(f"[bench] {job.name}: {entry['seconds']:.0f} s", flush=True)
     return entry
@@ -313,7 +314,9 @@ def project_ct_rate(run: dict) -> dict | None:
         )
     else:
         return None
-    decode = load["median_s"]["load_ct"]  # one full-size volume, one core
+    # One full-size volume's load on one core: CPU seconds inside the stage's own floor tasks
+    # (same run, same units as the projection cost below), else the load_ct benchmark's median.
+    decode = stage.get("floor_cpu_per_volume_s", load["median_s"]["load_ct"])
     drr = stage["cone_pa_lateral_cpu_per_volume_s"]  # load + PA + lateral 512, one core
     n = CT_RATE_VOLUMES
     rows = {}
@@ -370,8 +373,10 @@ def render_markdown(run: dict) -> str:
         lines.append(f"Load average {lb:.1f} before, {la:.1f} after; {entry['seconds']:.0f} s.")
         lines.append("")
         if "error" in entry:
-            lines += ["Failed:", "```", entry["error"][-800:], "```", ""]
-            continue
+            lines += ["Failed or stopped (what it measured before, if anything, follows):", "```"]
+            lines += [entry["error"][-800:].strip(), "```", ""]
+            if "result" not in entry:
+                continue
         try:
             lines += [job.render(entry["result"]), ""]
         except Exception as e:  # a renderer that does not match an old result file: say so, keep the rest

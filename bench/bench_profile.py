@@ -159,14 +159,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"load_before": os.getloadavg(), "threads": args.threads, "ct": str(args.ct)}
+
+    def save() -> None:  # after each part: a stopped run keeps what it measured
+        res["load_after"] = os.getloadavg()
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=1))
+
     res["stages"] = drr_parts(args.ct, args.out, args.repeats)
-    res["stages"].update(embed_parts(args.ct, args.repeats, not args.no_forward))
+    save()
     res["projector_ops_cone_pa"] = projector_ops(args.ct)
-    res["load_after"] = os.getloadavg()
-    text = json.dumps(res, indent=1)
-    if args.json:
-        args.json.write_text(text)
-    print(text)
+    save()
+    res["stages"].update(embed_parts(args.ct, args.repeats, not args.no_forward))
+    save()
+    print(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

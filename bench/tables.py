@@ -215,6 +215,10 @@ def profile(r: dict) -> str:
         total = sum(shares.values())
         rows = [[part, s, 100 * s / total] for part, s in shares.items()]
         parts.append(f"**{stage}** ({total:.2f} s per volume):\n\n" + _table(["part", "s", "% of the volume"], rows))
+    parts.append(
+        "Parts are timed one after another (medians of the run's repeats); 'convert' is load_ct minus "
+        "read and inflate timed apart, so on a loaded machine it carries the load's changes between them."
+    )
     return "\n\n".join(parts)
 
 

@@ -9,4 +9,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # compat mode: a plain .pth path entry, so checkouts and worktrees on sys.path take precedence.
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]' --config-settings editable_mode=compat
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]' --config-settings editable_mode=compat

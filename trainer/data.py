@@ -177,10 +177,7 @@ def join_split(
         raise DataError(
             f"store {store_path} has no finished items ({len(status)} items); run simulate-drr to completion first"
         )
-    try:
-        emb = load_embeddings(cache_path)
-    except KeyError as e:
-        raise DataError(f"cache {cache_path} lacks {e}; it is not a complete embed-ct cache, rerun embed-ct") from None
+    emb = load_embeddings(cache_path)  # refuses a file that is not a complete embed-ct cache (NotACacheError)
     if len(emb.ids) == 0:
         raise DataError(f"cache {cache_path} holds no latents; run embed-ct to completion first")
     if prompt_set is not None and prompt_set not in emb.prompts:

@@ -540,14 +540,12 @@ def _train(
     if metrics_log is not None:
         plot_losses(layout.metrics, layout.loss_png)
         metrics_log.close()
-        log.info(
-            "done: %d steps; run directory %s (best %s = %s at step %s)",
-            step,
-            layout.root,
-            best["metric"],
-            best["value"],
-            best["step"],
+        best_text = (
+            f"best {best['metric']} = {best['value']:.4g} at step {best['step']}"
+            if best["value"] is not None
+            else "no validation result, so no best.pt"
         )
+        log.info("done: %d steps; run directory %s (%s)", step, layout.root, best_text)
     return layout.root
 
 

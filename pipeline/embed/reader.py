@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.embed.shards import SHARD_NAME, read_shard
 from schemas.embed import PROMPT_TEMPLATES, EmbedIdentity
-from schemas.errors import InputMissingError
+from schemas.errors import InputMissingError, PipelineError
 from schemas.provenance import Provenance
 
 
@@ -34,6 +34,10 @@ class Embeddings:
         return {v: i for i, v in enumerate(self.ids)}
 
 
+class NotACacheError(PipelineError):
+    """The file is not an embed-ct cache (another file, or a damaged one)."""
+
+
 def load_embeddings(path: str | Path, include_pending: bool = True) -> Embeddings:
     """All of a cache in memory (a 50k-volume cache is about 200 MB).
 
@@ -45,6 +49,26 @@ def load_embeddings(path: str | Path, include_pending: bool = True) -> Embedding
     path = Path(path)
     if not path.is_file():
         raise InputMissingError(f"embedding cache {path} does not exist; make it with `x2ct-pipeline embed-ct`")
+    try:
+        emb, identity_sha256 = _read_cache(path)
+    except (OSError, KeyError, ValueError) as e:  # not HDF5, truncated, or an HDF5 file of another kind
+        raise NotACacheError(
+            f"{path} is not an embed-ct cache ({type(e).__name__}: {str(e)[:120]}); give the .h5 file embed-ct wrote"
+        ) from None
+    parts = path.with_name(path.name + ".parts")
+    pending = sorted(p for p in parts.iterdir() if SHARD_NAME.match(p.name)) if parts.is_dir() else []
+    if pending and not include_pending:
+        warnings.warn(
+            f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again",
+            stacklevel=2,
+        )
+    elif pending:
+        _add_pending(emb, pending, identity_sha256)
+    return emb
+
+
+def _read_cache(path: Path) -> tuple[Embeddings, str]:
+    """The HDF5 file's rows and its identity hash (pending commit files aside)."""
     with h5py.File(path, "r") as f:
         emb = Embeddings(
             ids=list(f["ids"].asstr()[:]),
@@ -59,17 +83,7 @@ def load_embeddings(path: str | Path, include_pending: bool = True) -> Embedding
             provenance=Provenance.model_validate(json.loads(f.attrs["provenance"])),
             row_sha256=list(f["row_sha256"].asstr()[:]) if "row_sha256" in f else [""] * f["ids"].shape[0],
         )
-        identity_sha256 = str(f.attrs["identity_sha256"])
-    parts = path.with_name(path.name + ".parts")
-    pending = sorted(p for p in parts.iterdir() if SHARD_NAME.match(p.name)) if parts.is_dir() else []
-    if pending and not include_pending:
-        warnings.warn(
-            f"{path}: a run was interrupted; its last committed rows are in {parts} until embed-ct runs again",
-            stacklevel=2,
-        )
-    elif pending:
-        _add_pending(emb, pending, identity_sha256)
-    return emb
+        return emb, str(f.attrs["identity_sha256"])
 
 
 def _add_pending(emb: Embeddings, shards: list[Path], identity_sha256: str) -> None:

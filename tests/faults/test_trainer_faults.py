@@ -99,7 +99,8 @@ def folder_command_args(command: str, chain, run: Path, out: Path) -> list:
             out,
             "--no-progress",
         ],  # fmt: skip
-        "demo": lambda: ["demo", "--out", out, "--n", "8"],
+        # --pretrain-teacher: the --out checks alone, whether or not the bundled teacher is in this checkout
+        "demo": lambda: ["demo", "--out", out, "--n", "8", "--pretrain-teacher"],
     }[command]()
 
 
@@ -191,3 +192,81 @@ def test_empty_run_checkpoint_says_why(run_dir, tmp_path):
     with pytest.raises(CheckpointMismatchError) as e:
         load_checkpoint(empty)
     assert "()" not in str(e.value) and "cannot be read (" in str(e.value)
+
+
+def test_predict_replaces_only_its_own_table(chain, run_dir, png, tmp_path):
+    out = tmp_path / "p.json"
+    first = cli(*predict_args(run_dir, png, out), "--device", "cpu")
+    assert first.exit_code == 0, first.stderr
+    again = cli(*predict_args(run_dir, png, out), "--device", "cpu")
+    assert again.exit_code == 0, again.stderr  # an earlier predict table is replaced
+    csv_out = tmp_path / "p.csv"
+    assert cli(*predict_args(run_dir, png, csv_out), "--device", "cpu").exit_code == 0
+    assert cli(*predict_args(run_dir, png, csv_out), "--device", "cpu").exit_code == 0
+    for name, text in (("m.json", '{"volume_id": "x"}\n'), ("mine.csv", "file,status\na,b\n")):
+        other = tmp_path / name
+        other.write_text(text)
+        res = cli(*predict_args(run_dir, png, other), "--device", "cpu")
+        assert res.exit_code == 2 and str(other) in res.error_line and "not a table of predict" in res.error_line
+        assert other.read_text() == text
+
+
+def test_predict_out_below_a_file_is_refused_before_work(run_dir, png, tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    res = cli(*predict_args(run_dir, png, tmp_path / "plain.txt" / "p.csv"), "--device", "cpu")
+    assert res.exit_code == 2 and "plain.txt" in res.error_line
+
+
+@pytest.mark.parametrize("content", [b"not hdf5 at all\n", b""])
+def test_predict_emb_that_is_not_a_cache_is_one_line(run_dir, png, tmp_path, content):
+    emb = tmp_path / "e.h5"
+    emb.write_bytes(content)
+    res = cli(*predict_args(run_dir, png, tmp_path / "p.csv"), "--emb", emb, "--device", "cpu")
+    assert res.exit_code == 2 and str(emb) in res.error_line and "not an embed-ct cache" in res.error_line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_reader_refuses_an_hdf5_file_of_another_kind(tmp_path):
+    import h5py
+
+    from pipeline.embed.reader import NotACacheError, load_embeddings
+
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(NotACacheError, match="other.h5 is not an embed-ct cache"):
+        load_embeddings(tmp_path / "other.h5")
+
+
+def test_pretrain_latin1_vocab_is_one_line_before_the_run_folder(chain, tmp_path):
+    vocab = tmp_path / "tok" / "vocab.txt"
+    vocab.parent.mkdir()
+    vocab.write_bytes((chain.tokenizer / "vocab.txt").read_bytes() + "pleural_\xe9panchement\n".encode("latin-1"))
+    out = tmp_path / "run"
+    res = cli(
+        "pretrain-ctclip", "--manifest", chain.manifests["train"], "--tokenizer", vocab.parent, "--out", out,
+        "--no-progress",
+    )  # fmt: skip
+    assert res.exit_code == 2 and str(vocab) in res.error_line and "unreadable vocabulary" in res.error_line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"], "no run folder, no lock file"
+
+
+def test_demo_without_its_teacher_is_refused_before_the_first_stage(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "vocab.txt").write_text("[PAD]\n")  # a folder missing ctclip.pt and model_config.json
+    out = tmp_path / "demo"
+    res = cli("demo", "--out", out, "--n", "8", "--teacher", teacher)
+    assert res.exit_code == 2 and str(teacher) in res.error_line
+    assert "ctclip.pt, model_config.json" in res.error_line and "--pretrain-teacher" in res.error_line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"], "no stage ran, no demo folder"
+
+
+def test_resuming_a_finished_run_says_what_it_has_not_none(chain, run_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out, symlinks=True)
+    res = cli(*train_args(chain, out, "--resume"))
+    assert res.exit_code == 0, res.stderr
+    done = [line for line in res.stderr.splitlines() if line.startswith("done: 2 steps")]
+    assert len(done) == 1 and "None" not in done[0] and "no validation result" in done[0], res.stderr

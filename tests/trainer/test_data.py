@@ -61,7 +61,9 @@ def test_cache_without_latents_and_missing_view_refused(chain, tmp_path):
     shutil.copy(chain.embeddings["train"], cache)
     with h5py.File(cache, "r+") as f:
         del f["ct"]
-    with pytest.raises(DataError, match="lacks"):
+    from pipeline.embed.reader import NotACacheError
+
+    with pytest.raises(NotACacheError, match="no-ct.h5 is not an embed-ct cache.*'ct'"):
         join_split(chain.drr["train"], cache, ["pa"])
     with pytest.raises(DataError, match="views"):
         join_split(chain.drr["train"], chain.embeddings["train"], ["ap"])

@@ -17,17 +17,33 @@ from importlib import resources
 from pathlib import Path
 
 from schemas.demo import DemoConfig
-from schemas.errors import PipelineError
+from schemas.errors import InputMissingError, PipelineError
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_TEACHER = "synth_small"
+TEACHER_FILES = ("ctclip.pt", "model_config.json", "vocab.txt")  # what embed-ct is given from a teacher folder
 
 
 class DemoStageError(PipelineError):
     """A stage's command failed; the message names the command."""
 
     exit_code = 1
+
+
+def check_teacher_folder(cfg: DemoConfig) -> None:
+    """A teacher folder without its files would fail only at embed-ct, after synth and simulate-drr:
+    refuse it before the first stage (an in-run teacher, --pretrain-teacher, is made by the run)."""
+    if cfg.pretrain_teacher:
+        return
+    folder = cfg.teacher or bundled_teacher()
+    missing = [name for name in TEACHER_FILES if not (folder / name).is_file()]
+    if missing:
+        whose = "the bundled teacher's folder" if cfg.teacher is None else "the --teacher folder"
+        raise InputMissingError(
+            f"{folder} ({whose}) has no {', '.join(missing)}; give --teacher a folder holding "
+            f"{', '.join(TEACHER_FILES)}, or pass --pretrain-teacher to make one in the run"
+        )
 
 
 def bundled_teacher() -> Path:
@@ -271,6 +287,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None]) -> dict:
 
     refuse_non_folder(cfg.out, "a demo folder")
     refuse_foreign_folder(cfg.out, (DemoPaths(cfg.out).stages.name, "demo.log"), "a demo folder")
+    check_teacher_folder(cfg)
     make_folder(cfg.out, cfg.out)
     t0 = time.perf_counter()
     with output_lock(cfg.out, "demo"), log_to_file(cfg.out / "demo.log"):

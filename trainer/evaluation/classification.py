@@ -32,15 +32,45 @@ def known_mask(y: np.ndarray) -> np.ndarray:
     return (y == 0) | (y == 1)
 
 
+def auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """AUROC of one binary problem (``y`` in {0, 1} only); NaN unless both classes are present."""
+    y = np.asarray(y).astype(np.int64)
+    return float(roc_auc_score(y, p)) if 0 < int(y.sum()) < len(y) else math.nan
+
+
+def auroc_per_label(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """(L,) AUROC of each column of ``p`` (N, L) over the items whose label in ``y`` (N, L) is known; NaN where undefined.
+
+    The per-label AUROC of :func:`classification_metrics` without its other metrics (cheap
+    enough to run every validation epoch).
+    """
+    y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
+    if y.shape != p.shape or y.ndim != 2:
+        raise ValueError(f"labels {y.shape} and probabilities {p.shape} must both be (N, L)")
+    known = known_mask(y)
+    return np.array([auroc(y[known[:, j], j], p[known[:, j], j]) for j in range(y.shape[1])], dtype=np.float64)
+
+
+def defined_mean(values, weights=None) -> tuple[float, int]:
+    """(mean of the values that are defined (not NaN, weight > 0), how many); NaN when none is.
+
+    The macro average (no weights) and the positive-count weighted average over labels.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    weights = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
+    ok = ~np.isnan(values) & (weights > 0)
+    mean = float(np.sum(values[ok] * weights[ok]) / np.sum(weights[ok])) if ok.any() else math.nan
+    return mean, int(ok.sum())
+
+
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
     """The six metrics of one binary problem (``y`` in {0, 1} only), plus its counts."""
     y = np.asarray(y).astype(np.int64)
     p = np.asarray(p, dtype=np.float64)
     n, n_pos = len(y), int(y.sum())
     out: dict[str, float] = {"n": n, "n_pos": n_pos}
-    both_classes = 0 < n_pos < n
-    out["auroc"] = float(roc_auc_score(y, p)) if both_classes else math.nan
-    out["pr_auc"] = float(average_precision_score(y, p)) if both_classes else math.nan
+    out["auroc"] = auroc(y, p)
+    out["pr_auc"] = float(average_precision_score(y, p)) if 0 < n_pos < n else math.nan
     pred = (p >= threshold).astype(np.int64)
     if n:
         precision, recall, f1, _ = precision_recall_fscore_support(
@@ -56,12 +86,9 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = DEFAULT_THRE
 def average_over_labels(per_label: list[dict[str, float]], weighted: bool) -> dict[str, float]:
     """Macro (or positive-count weighted) mean of each metric over the labels where it is defined."""
     out: dict[str, float] = {}
+    weights = [d["n_pos"] for d in per_label] if weighted else None
     for m in METRICS:
-        values = np.array([d[m] for d in per_label], dtype=np.float64)
-        weights = np.array([d["n_pos"] for d in per_label], dtype=np.float64) if weighted else np.ones(len(values))
-        ok = ~np.isnan(values) & (weights > 0)
-        out[m] = float(np.sum(values[ok] * weights[ok]) / np.sum(weights[ok])) if ok.any() else math.nan
-        out[f"{m}_n_labels"] = int(ok.sum())
+        out[m], out[f"{m}_n_labels"] = defined_mean([d[m] for d in per_label], weights)
     return out
 
 

@@ -51,11 +51,23 @@ def recall_at_k(
         raise ValueError(f"{int(missing.sum())} queries (e.g. {first!r}) have no relevant item in the gallery")
     ranks = np.empty(len(q), dtype=np.int64)
     for start in range(0, len(q), _BLOCK):
-        sim = q[start : start + _BLOCK] @ g.T
         relevant = qc[start : start + _BLOCK, None] == gc[None, :]
-        best = np.where(relevant, sim, -np.inf).max(axis=1)
-        ranks[start : start + _BLOCK] = 1 + np.sum(~relevant & (sim >= best[:, None]), axis=1)
+        ranks[start : start + _BLOCK] = relevant_ranks(q[start : start + _BLOCK] @ g.T, relevant)
     return {f"recall@{k}": float(np.mean(ranks <= k)) for k in ks}
+
+
+def relevant_ranks(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """(Q,) 1-based rank of each query's best relevant gallery item, from similarities ``sim`` (Q, G)
+    and the mask ``relevant`` (Q, G): 1 + the irrelevant items at least as similar (ties against
+    the query). A query without a relevant item gets rank G + 1 (never a hit)."""
+    best = np.where(relevant, sim, -np.inf).max(axis=1)
+    return 1 + np.sum(~relevant & (sim >= best[:, None]), axis=1)
+
+
+def first_of_each(keys) -> np.ndarray:
+    """Row indices of the first occurrence of each distinct key, in row order (e.g. one report per scan)."""
+    _, first = np.unique(np.asarray(keys, str), return_index=True)
+    return np.sort(first)
 
 
 def label_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -104,8 +116,7 @@ def retrieval_table(
     ``scan_ids[i]``; the report gallery keeps the first row of each scan.
     """
     scans = np.asarray(scan_ids, str)
-    _, first = np.unique(scans, return_index=True)
-    first = np.sort(first)
+    first = first_of_each(scans)
     r_scan, r, r_labels = scans[first], report[first], labels[first]
     directions = {
         "X->C": (x, ct, volume_ids, volume_ids, labels, labels),

@@ -37,6 +37,9 @@ NOTE = (
 )
 
 
+CSV_FIRST = ["file", "status", "error", "format"]  # the first columns of the CSV table (how it is recognised)
+
+
 class PredictError(PipelineError):
     """The run, the cache or the output cannot be used as asked."""
 
@@ -126,7 +129,7 @@ def write_rows(rows: list[dict[str, Any]], out: Path, label_names: list[str], me
         {k for r in rows for k in r if k not in ("file", "status", "error", "format", "note", "scores", "similar_ct")}
     )
     k = max((len(r.get("similar_ct", [])) for r in rows), default=0)
-    header = ["file", "status", "error", "format", *extra, *label_names]
+    header = [*CSV_FIRST, *extra, *label_names]
     for j in range(1, k + 1):
         header += [f"similar_ct_{j}", f"similar_ct_{j}_cosine"]
     header.append("note")
@@ -142,12 +145,42 @@ def write_rows(rows: list[dict[str, Any]], out: Path, label_names: list[str], me
     atomic_write_text(out, buf.getvalue())
 
 
+def is_predict_table(path: Path) -> bool:
+    """True for a table that ``write_rows`` wrote (its header, or its JSON head with the note)."""
+    try:
+        if path.suffix.lower() == ".json":
+            head = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(head, dict) and head.get("note") == NOTE and "predictions" in head
+        with path.open(encoding="utf-8") as f:
+            first = f.readline().rstrip("\n")
+        return first.startswith(",".join(CSV_FIRST) + ",") and first.endswith(",note")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def check_out(out: Path) -> None:
+    """``--out`` may name nothing yet, or a table an earlier predict wrote (replaced); any other file
+    (a manifest, someone's CSV, a folder, a device) is left as it is and the run refused before any work."""
+    from pipeline.runtime import make_folder
+
+    if out.exists() or out.is_symlink():
+        if not out.is_file():
+            raise PredictError(f"{out} exists and is not a regular file; give a new .csv or .json path as --out")
+        if not is_predict_table(out):
+            raise PredictError(
+                f"{out} exists and is not a table of predict (which it would replace); it is left as it is: "
+                "choose another --out, or move the file away"
+            )
+    make_folder(out.parent, out)
+
+
 def run_predict(cfg) -> list[dict[str, Any]]:
     """The command: load the run (and cache), score every input, write ``cfg.out``."""
     from pipeline.devices import resolve_device
     from trainer.run import load_run
 
     device = resolve_device(cfg.device)  # --device cuda without a GPU: refused before any work
+    check_out(cfg.out)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint)
     cache = None
     if cfg.embeddings is not None:

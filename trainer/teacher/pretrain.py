@@ -65,16 +65,9 @@ def resolved_model_config(cfg: PretrainConfig, vocab_tokens: int):
     return CTCLIPConfig.model_validate(base)
 
 
-def _vocab_tokens(folder: Path) -> int:
-    vocab = folder / "vocab.txt"
-    if not vocab.is_file():
-        from schemas.errors import InputMissingError
-
-        raise InputMissingError(
-            f"{folder}: no vocab.txt in the tokenizer folder; build one with `x2ct-pipeline ctclip vocab`"
-        )
-    with vocab.open(encoding="utf-8") as f:
-        return sum(1 for _ in f)
+def vocab_rows(tokenizer) -> int:
+    """Embedding rows the text model needs: one per line of vocab.txt (token id = line number)."""
+    return max(tokenizer.vocab.values()) + 1
 
 
 def _lr_at(cfg: PretrainConfig, step: int, total: int) -> float:
@@ -111,15 +104,16 @@ def sentence_anchors(pairs: tdata.PairSet, dim: int, seed: int) -> np.ndarray:
 
 
 class Trainer:
-    def __init__(self, cfg: PretrainConfig):
+    def __init__(self, cfg: PretrainConfig, tokenizer=None):
         from pipeline.ctclip.model import CTCLIP
         from pipeline.ctclip.quantizer import QuantizerLearning
         from pipeline.ctclip.text import load_tokenizer
 
         self.cfg = cfg
         self.out = cfg.out
-        self.tokenizer = load_tokenizer(cfg.tokenizer)  # refuses a folder without a usable vocab.txt
-        self.model_cfg = resolved_model_config(cfg, _vocab_tokens(cfg.tokenizer))
+        # load_tokenizer refuses a folder without a usable vocab.txt (missing, not UTF-8, not a BERT vocabulary)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+        self.model_cfg = resolved_model_config(cfg, vocab_rows(self.tokenizer))
         torch.manual_seed(cfg.seed)
         self.model = CTCLIP(self.model_cfg)
         with torch.no_grad():
@@ -427,12 +421,14 @@ def write_run_config(cfg: PretrainConfig, model_cfg) -> None:
 
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """The whole run under the output lock, logging to ``out.log``."""
+    from pipeline.ctclip.text import load_tokenizer
     from pipeline.runtime import log_to_file, make_folder, output_lock, refuse_non_folder
 
     refuse_non_folder(cfg.out, "a pretrain-ctclip run")
+    tokenizer = load_tokenizer(cfg.tokenizer)  # a bad vocab.txt is refused before the run folder is made
     make_folder(cfg.out, cfg.out)
     with output_lock(cfg.out, "pretrain-ctclip"), log_to_file(cfg.out / "out.log"):
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, tokenizer)
         write_run_config(cfg, trainer.model_cfg)
         logger.info(
             "pretrain-ctclip: %d train pairs (%d scans), %s valid, %d steps/epoch x %d epochs, model %s",

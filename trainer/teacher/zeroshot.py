@@ -3,9 +3,10 @@ validation and the demo's summary.
 
 Scores are :func:`trainer.evaluation.zeroshot.zero_shot_probabilities` (the softmax weight
 of the positive prompt); a prompt set with several texts per label (an ensemble) uses the
-normalised mean of their latents as the label's prompt. AUROC is over the rows whose
-label is known, for labels with both classes present; a macro average is the mean
-over the labels that have an AUROC.
+normalised mean of their latents as the label's prompt. AUROC and its macro average are the
+evaluation package's (:mod:`trainer.evaluation.classification`): over the rows whose label
+is known, for labels with both classes present; the macro average is the mean over the
+labels that have an AUROC. Here an undefined AUROC is None, as it is written to JSON.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import math
 import numpy as np
 import torch
 
-from schemas.embed import LABEL_MISSING
 from schemas.labels import CT_RATE_LABELS
+from trainer.evaluation import classification
 
 
 @torch.no_grad()
@@ -42,19 +43,14 @@ def prompt_latents(model, tokenizer, sets: dict[str, dict[str, list[list[str]]]]
 
 def auroc_per_label(score: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
     """label -> AUROC (None where the known rows hold only one class)."""
-    from sklearn.metrics import roc_auc_score
-
-    out: dict[str, float | None] = {}
-    for j, name in enumerate(CT_RATE_LABELS):
-        known = labels[:, j] != LABEL_MISSING
-        y = labels[known, j]
-        out[name] = float(roc_auc_score(y, score[known, j])) if 0 < y.sum() < len(y) else None
-    return out
+    values = classification.auroc_per_label(labels, score)
+    return {name: None if math.isnan(v) else float(v) for name, v in zip(CT_RATE_LABELS, values, strict=True)}
 
 
 def macro(per_label: dict[str, float | None], names: list[str] | None = None) -> float:
-    vals = [v for k, v in per_label.items() if v is not None and (names is None or k in names)]
-    return float(np.mean(vals)) if vals else math.nan
+    """Macro AUROC over ``names`` (default: all labels), of the labels that have one; NaN if none has."""
+    values = [math.nan if v is None else v for k, v in per_label.items() if names is None or k in names]
+    return classification.defined_mean(values)[0]
 
 
 def linear_probe_auroc(
@@ -65,7 +61,7 @@ def linear_probe_auroc(
 
     probs = np.full((len(test_x), len(CT_RATE_LABELS)), 0.5)
     for j in range(len(CT_RATE_LABELS)):
-        known = train_y[:, j] != LABEL_MISSING
+        known = classification.known_mask(train_y[:, j])
         y = train_y[known, j]
         if 0 < y.sum() < len(y):
             clf = LogisticRegression(C=1.0, max_iter=2000).fit(train_x[known], y)

@@ -28,7 +28,11 @@ class DemoConfig(StageConfig):
     pretrain_teacher: bool = Field(
         default=False, description="Pretrain the teacher inside the run (pretrain-ctclip) instead of the bundled one."
     )
-    teacher_epochs: int = Field(default=10, ge=1, description="Epochs of the in-run teacher (--pretrain-teacher).")
+    teacher_epochs: int = Field(
+        default=8,
+        ge=1,
+        description="Epochs of the in-run teacher (--pretrain-teacher; the first half towards anchors).",
+    )
     teacher: Path | None = Field(
         default=None,
         description="A teacher folder (ctclip.pt, model_config.json, vocab.txt); default: the bundled one.",

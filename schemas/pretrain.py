@@ -28,7 +28,7 @@ class PretrainConfig(StageConfig):
     model: str = Field(
         default="small", description="CT-CLIP config (name or JSON); text.vocab_size is set to the vocabulary's."
     )
-    epochs: int = Field(default=30, ge=1)
+    epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=32, ge=2, description="CT and report pairs per step (InfoNCE negatives).")
     lr: float = Field(default=1e-3, gt=0, description="AdamW peak learning rate (linear warm-up, cosine decay).")
     weight_decay: float = Field(default=0.05, ge=0)
@@ -40,7 +40,7 @@ class PretrainConfig(StageConfig):
         "untrained encoder's output depend on the words, so contrastive training does not start collapsed.",
     )
     anchor_epochs: int = Field(
-        default=0,
+        default=4,
         ge=0,
         description="Epochs at the start where each tower is trained (InfoNCE) towards fixed anchors instead of "
         "the other tower: per report, the IDF-weighted sum of fixed random vectors of its sentences. Both towers "

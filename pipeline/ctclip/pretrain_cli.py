@@ -19,14 +19,14 @@ def pretrain_ctclip(
         None, help="Held-out patients: validation loss and zero-shot AUROC per epoch, best checkpoint."
     ),
     model: str | None = typer.Option(None, help="CT-CLIP config, name or JSON (default: small)."),
-    epochs: int | None = typer.Option(None, help="Passes over the training scans (default: 30)."),
+    epochs: int | None = typer.Option(None, help="Passes over the training scans (default: 8)."),
     batch_size: int | None = typer.Option(None, help="Pairs per step (default: 32)."),
     lr: float | None = typer.Option(None, help="AdamW peak learning rate (default: 1e-3)."),
     report_subset_prob: float | None = typer.Option(
         None, help="Chance a step's text is a random subset of the report's sentences (default: 0.5)."
     ),
     anchor_epochs: int | None = typer.Option(
-        None, help="Epochs each tower first learns towards fixed per-report anchors (default: 0)."
+        None, help="Epochs each tower first learns towards fixed per-report anchors (default: 4)."
     ),
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints (default: 200)."),
     seed: int | None = typer.Option(None, help="Random seed (default: 0)."),

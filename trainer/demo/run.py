@@ -48,7 +48,7 @@ def check_teacher_folder(cfg: DemoConfig) -> None:
 
 def bundled_teacher() -> Path:
     """The folder of the teacher shipped with the package (see docs/teacher.md)."""
-    return Path(str(resources.files("pipeline.ctclip").joinpath("teachers", BUNDLED_TEACHER)))
+    return Path(str(resources.files("pipeline.ctclip").joinpath("teachers").joinpath(BUNDLED_TEACHER)))
 
 
 @dataclass
@@ -175,6 +175,8 @@ class Demo:
                 str(self.p.teacher_run),
                 "--epochs",
                 str(self.cfg.teacher_epochs),
+                "--anchor-epochs",
+                str(max(1, self.cfg.teacher_epochs // 2)),
                 "--no-progress",
             ]
         )

@@ -41,14 +41,14 @@ def validation_metrics(
     ks: list[int],
 ) -> dict[str, float]:
     """x, ct, report: (N, D) latents of the same N volumes (one radiograph each)."""
-    ks = tuple(ks)
+    k_tuple = tuple(ks)
     out: dict[str, float] = {}
     volumes = np.arange(len(x))  # row i of x and of ct is the same volume
-    for name, v in retrieval.recall_at_k(x, ct, volumes, volumes, ks).items():
+    for name, v in retrieval.recall_at_k(x, ct, volumes, volumes, k_tuple).items():
         out[f"x2c_{name}"] = v
     first = retrieval.first_of_each(scan_ids)
     scans = np.asarray(scan_ids, str)
-    for name, v in retrieval.recall_at_k(x, report[first], scans, scans[first], ks).items():
+    for name, v in retrieval.recall_at_k(x, report[first], scans, scans[first], k_tuple).items():
         out[f"x2r_{name}"] = v
     probabilities = zero_shot_probabilities(x, prompts["positive"], prompts["negative"], float(np.exp(temperature)))
     out["auroc"], _ = classification.defined_mean(classification.auroc_per_label(labels, probabilities))

@@ -125,7 +125,7 @@ def test_out_below_a_regular_file_is_one_line(command, chain, run_dir, tmp_path)
     assert (tmp_path / "plain.txt").read_text() == "x"
 
 
-@pytest.mark.parametrize("command", ["train", "demo"])
+@pytest.mark.parametrize("command", ["train", "demo", "pretrain-ctclip"])
 def test_out_a_users_folder_is_refused_not_mixed_into(command, chain, run_dir, tmp_path):
     out = tmp_path / "thesis"
     out.mkdir()

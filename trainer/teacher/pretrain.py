@@ -422,9 +422,11 @@ def write_run_config(cfg: PretrainConfig, model_cfg) -> None:
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """The whole run under the output lock, logging to ``out.log``."""
     from pipeline.ctclip.text import load_tokenizer
-    from pipeline.runtime import log_to_file, make_folder, output_lock, refuse_non_folder
+    from pipeline.runtime import log_to_file, make_folder, output_lock, refuse_foreign_folder, refuse_non_folder
 
     refuse_non_folder(cfg.out, "a pretrain-ctclip run")
+    # A user's non-empty folder is never written into; a run of ours (resumed) has its config or log.
+    refuse_foreign_folder(cfg.out, ("config.json", "checkpoints", "out.log"), "a pretrain-ctclip run")
     tokenizer = load_tokenizer(cfg.tokenizer)  # a bad vocab.txt is refused before the run folder is made
     make_folder(cfg.out, cfg.out)
     with output_lock(cfg.out, "pretrain-ctclip"), log_to_file(cfg.out / "out.log"):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas.base import StageConfig
 from schemas.errors import PipelineError
 from schemas.labels import N_LABELS, check_label_values
-from schemas.manifest import Split, write_rows_jsonl
+from schemas.manifest import Split, check_storable_name, write_rows_jsonl
 
 
 class CXRManifestError(PipelineError, ValueError):
@@ -50,6 +50,11 @@ class CXRRow(BaseModel):
     @classmethod
     def _check_labels(cls, v: list[int | None]) -> list[int | None]:
         return check_label_values(v)
+
+    @field_validator("image_id", "patient_id", "study_id", "cxr_path", "view")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        return check_storable_name(v)
 
     def resolved_path(self, manifest_dir: Path) -> Path:
         p = Path(self.cxr_path)

@@ -83,12 +83,7 @@ class ManifestRow(BaseModel):
     @field_validator("volume_id", "patient_id", "scan_id", "reconstruction_id", "ct_path", "cxr_path")
     @classmethod
     def _check_name(cls, v: str | None) -> str | None:
-        # Ids become HDF5/Zarr strings and file names; a control character (NUL above all) or a lone
-        # surrogate cannot be stored there, and one such row would make a whole store unusable.
-        bad = unstorable_characters(v or "", allow_control=False)
-        if bad:
-            raise ValueError(f"holds characters a store or file name cannot hold ({bad}); fix the source table")
-        return v
+        return check_storable_name(v)
 
     @field_validator("findings", "impressions")
     @classmethod
@@ -142,6 +137,16 @@ class ManifestRow(BaseModel):
     def resolved_ct_path(self, manifest_dir: Path) -> Path:
         p = Path(self.ct_path)
         return p if p.is_absolute() else manifest_dir / p
+
+
+def check_storable_name(v: str | None) -> str | None:
+    """Validator of ids and paths. They become HDF5/Zarr strings and file names; a control character
+    (NUL above all) or a lone surrogate cannot be stored there, and one such row would make a whole
+    store unusable."""
+    bad = unstorable_characters(v or "", allow_control=False)
+    if bad:
+        raise ValueError(f"holds characters a store or file name cannot hold ({bad}); fix the source table")
+    return v
 
 
 def unstorable_characters(text: str, allow_control: bool) -> str:

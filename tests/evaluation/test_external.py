@@ -88,3 +88,15 @@ def test_evaluate_real_radiographs_on_their_labels(cxr_set, tmp_path):
     assert got == pytest.approx(roc_auc_score(y, p[:, j]))
     written = {p.name for p in (tmp_path / "eval").iterdir()}
     assert "retrieval.csv" not in written and "report.html" in written and "roc_real_x2ct_clip.png" in written
+
+
+@pytest.mark.parametrize("field", ["image_id", "patient_id", "cxr_path"])
+def test_cxr_row_refuses_characters_a_store_cannot_hold(field):
+    from pydantic import ValidationError
+
+    from schemas.cxr import CXRRow
+
+    row = {"image_id": "img1", "patient_id": "p1", "cxr_path": "p1/img1.png", "labels": [None] * len(CT_RATE_LABELS)}
+    CXRRow.model_validate(row)  # the clean row is valid
+    with pytest.raises(ValidationError, match="cannot hold"):
+        CXRRow.model_validate({**row, field: row[field] + "\x00"})

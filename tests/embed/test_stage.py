@@ -176,9 +176,13 @@ KILL_AFTER_COMMITS = textwrap.dedent("""
     from pipeline.embed.stage import run_embed
     cfg = EmbedConfig.model_validate_json({cfg!r})
     commits = []
+    parts = cfg.out.parent / (cfg.out.name + ".parts")
     def on_commit(n):
         commits.append(n)
-        if len(commits) == 3:
+        # Kill from the 3rd commit on, at the first one that left a shard pending (not merged into the file):
+        # how many rows a commit holds depends on timing, so a fixed commit number may have been merged.
+        pending = parts.is_dir() and any(not p.name.startswith(".") for p in parts.iterdir())
+        if len(commits) >= 3 and pending:
             print(n, flush=True)  # rows committed so far: a commit may hold more than commit_every
             os.kill(os.getpid(), signal.SIGKILL)
     run_embed(cfg, on_commit=on_commit)
@@ -187,8 +191,10 @@ KILL_AFTER_COMMITS = textwrap.dedent("""
 
 def test_resume_after_sigkill_gives_the_rows_of_an_uninterrupted_run(inputs, reference, tmp_path):
     out = tmp_path / "emb.h5"
-    # 2 rows a commit; the 2nd commit is merged into the HDF5 file (4 >= 3 pending rows), the 3rd stays a shard.
-    cfg = config(inputs, out, batch_size=1, commit_every=2, merge_min_rows=3)
+    # 2 or more rows a commit; the 2nd commit is merged into the HDF5 file (4 >= 3 pending rows); later commits stay
+    # shards until they hold as many rows as the file (merge_fraction 1), and the kill comes with one pending.
+    # (CI once saw a 3-row 3rd commit merged under merge_fraction 0.25, leaving nothing pending.)
+    cfg = config(inputs, out, batch_size=1, commit_every=2, merge_min_rows=3, merge_fraction=1.0)
     script = KILL_AFTER_COMMITS.format(root=str(ROOT), cfg=cfg.model_dump_json())
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

@@ -21,9 +21,11 @@ class DemoConfig(StageConfig):
     test_fraction: float = Field(default=0.5, gt=0, lt=1, description="Share of patients held out for the figures.")
     seed: int = Field(default=DEMO_SEED, description="Synthetic patients' seed (keep it off the teacher's, 1000).")
     drr_size: int = Field(default=128, ge=32, description="Simulated radiograph side (pixels).")
-    encoder: str = Field(default="tiny", description="CXR encoder preset of `train`.")
-    epochs: int = Field(default=20, ge=1, description="Student training epochs.")
-    batch_size: int = Field(default=64, ge=2, description="Student batch size.")
+    encoder: str = Field(
+        default="resnet-mini", description="CXR encoder of `train` (a preset, open_clip model name or config .json)."
+    )
+    epochs: int = Field(default=40, ge=1, description="Student training epochs (one radiograph per scan each).")
+    batch_size: int = Field(default=32, ge=2, description="Student batch size.")
     lr: float = Field(default=1e-3, gt=0, description="Student learning rate.")
     pretrain_teacher: bool = Field(
         default=False, description="Pretrain the teacher inside the run (pretrain-ctclip) instead of the bundled one."

@@ -67,7 +67,7 @@ class TrainConfig(StageConfig):
 
     encoder: str = Field(
         default="swin-t",
-        description="CXR encoder: a preset (tiny, swin-t, vit-b-16, resnet-50), an open_clip model name, "
+        description="CXR encoder: a preset (tiny, resnet-mini, swin-t, vit-b-16, resnet-50), an open_clip model name, "
         "'timm:<name>' for any timm backbone, or an open_clip model config JSON file.",
     )
     init: Path | None = Field(

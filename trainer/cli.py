@@ -23,7 +23,7 @@ def train(
     out: Path | None = typer.Option(None, help="Run directory to create (or continue with --resume)."),
     encoder: str | None = typer.Option(
         None,
-        help="tiny, swin-t, vit-b-16, resnet-50, an open_clip model name, timm:<name>, or an open_clip "
+        help="tiny, resnet-mini, swin-t, vit-b-16, resnet-50, an open_clip model name, timm:<name>, or an open_clip "
         "model config .json (default: swin-t).",
     ),
     init: Path | None = typer.Option(None, help="Initial weights: open_clip or timm state dict, or one of our runs."),

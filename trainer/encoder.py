@@ -11,7 +11,9 @@ Towers (always built with pretrained weights off; nothing is ever downloaded):
   projection): for Swin-T that is the X2CT-CLIP head, mean-pooled tokens ->
   ``Linear(768 -> 512, bias=False)``.
 
-Presets: ``tiny`` (a 2-layer 64-px ViT, tests and the demo), ``swin-t``
+Presets: ``tiny`` (a 2-layer 64-px ViT, for tests), ``resnet-mini`` (open_clip's ModifiedResNet, the
+CLIP ResNet with an attention pool, at one bottleneck per stage and base width 16 on 128-px input:
+the demo's student), ``swin-t``
 (``timm:swin_tiny_patch4_window7_224``, the paper's), ``vit-b-16`` (open_clip ``ViT-B-16``),
 ``resnet-50`` (``timm:resnet50``).
 
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PRESETS = {
     "tiny": "config:tiny",
+    "resnet-mini": "config:resnet_mini",
     "swin-t": "timm:swin_tiny_patch4_window7_224",
     "vit-b-16": "ViT-B-16",
     "resnet-50": "timm:resnet50",

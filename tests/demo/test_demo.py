@@ -13,7 +13,7 @@ from tests.helpers.browser import chromium, render
 from trainer.demo.run import bundled_teacher, run_demo
 from trainer.teacher.labels import visible_labels
 
-SMOKE = dict(n=120, epochs=8, batch_size=16, drr_size=64, workers=1)
+SMOKE = dict(n=120, epochs=40, batch_size=16, drr_size=64, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def test_learning_is_real(smoke):
     h = s["headline_prompts"]
     trained, untrained = zs["drr_student"][h]["macro_visible"], zs["drr_untrained"][h]["macro_visible"]
     teacher = zs["ct_teacher"][h]["macro_visible"]
-    # Smoke-sized (56 held-out radiographs, 8 epochs): the margins are small but the run is deterministic.
+    # Smoke-sized (56 held-out radiographs, 40 epochs of ~4 steps): the run is deterministic; measured
+    # 0.698 trained vs 0.542 untrained, Recall@5 0.39 vs 0.14 untrained (docs/demo.md).
     assert trained > untrained + 0.08, (trained, untrained)
     assert teacher > untrained + 0.15, (teacher, untrained)
     r = s["x2c_recall_at_5"]

@@ -20,6 +20,29 @@ def test_tiny_encoder_outputs_unit_latents_of_the_teacher_width():
     assert enc.proj.bias is None
 
 
+def test_resnet_mini_is_open_clips_modified_resnet_at_the_demos_radiograph_size():
+    from open_clip.modified_resnet import ModifiedResNet
+
+    from schemas.demo import DemoConfig
+
+    spec = resolve_encoder("resnet-mini", 128)
+    enc = build_encoder(spec)
+    assert isinstance(enc.tower, ModifiedResNet)
+    # the same tower built by hand from the preset's numbers: 1 bottleneck per stage, width 16 (512 channels out,
+    # 32 heads of 16), attention pool to 128
+    torch.manual_seed(0)
+    direct = ModifiedResNet(layers=[1, 1, 1, 1], output_dim=128, heads=32, image_size=128, width=16)
+    assert {k: v.shape for k, v in enc.tower.state_dict().items()} == {
+        k: v.shape for k, v in direct.state_dict().items()
+    }
+    # the demo feeds its radiographs at their simulated size: no resampling between simulate-drr and the encoder
+    demo = DemoConfig()
+    assert demo.encoder == "resnet-mini" and spec.image_size == demo.drr_size == 128
+    z = enc(torch.randn(2, 3, 128, 128))
+    assert z.shape == (2, 128)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(2))
+
+
 def test_normalisation_comes_from_the_encoder_config():
     import open_clip
     import timm

@@ -226,17 +226,22 @@ def driver_child(n_rows: int, work: Path, limit: int | None = None) -> dict:
     }
 
 
-def driver_memory(work: Path, sizes: list[tuple[int, int | None]]) -> list:
+def driver_memory(work: Path, sizes: list[tuple[int, int | None]], before: Path | None = None) -> list:
+    """``before``: another checkout of this repository (the code before a change): each size runs with
+    it too, right before this code, so the two are compared in one run."""
     out = []
+    codes = [("before", before.resolve()), ("this", ROOT)] if before else [("this", ROOT)]
     for n, limit in sizes:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--driver-child", str(n), "--out", str(work), "--limit", str(limit or 0)],
-            cwd=ROOT, capture_output=True, text=True,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise RuntimeError(f"driver child {n} failed:\n{proc.stderr[-3000:]}")
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"driver {n} rows: {out[-1]}", flush=True)
+        for code, root in codes:
+            proc = subprocess.run(
+                [sys.executable, str(root / "bench" / "bench_scaling.py"), "--driver-child", str(n),
+                 "--out", str(work), "--limit", str(limit or 0)],
+                cwd=root, capture_output=True, text=True,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise RuntimeError(f"driver child {n} ({code}) failed:\n{proc.stderr[-3000:]}")
+            out.append({"code": code, **json.loads(proc.stdout.strip().splitlines()[-1])})
+            print(f"driver {n} rows ({code}): {out[-1]}", flush=True)
         for p in work.glob(f"driver-{n}.*"):  # the stub store is large in files; free the disk
             if p.is_dir():
                 import shutil
@@ -293,6 +298,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--full-n", type=int, default=3, help="full-size volumes through simulate-drr (0: none)")
     ap.add_argument("--parts", default="stages,full,driver,epoch")
+    ap.add_argument(
+        "--driver-before",
+        type=Path,
+        default=None,
+        help="a checkout of the code before a change (git archive COMMIT | tar -x -C DIR): the driver part runs it too",
+    )
     ap.add_argument("--driver-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -320,7 +331,8 @@ def main() -> None:
     if "driver" in parts:
         # 50k tasks of Dask overhead take ~30 min on this loaded 2-core machine: the 50k-row manifest
         # runs its first 1k items (--limit) against a 1k-row manifest, so the manifest's own cost is seen.
-        res["driver"] = driver_memory(args.out, [(300, None)] if args.quick else [(1000, None), (50000, 1000)])
+        sizes = [(300, None)] if args.quick else [(1000, None), (50000, 1000)]
+        res["driver"] = driver_memory(args.out, sizes, args.driver_before)
         save()
     if "stages" in parts:
         # Each command-line run starts its own Dask cluster (tens of seconds on this loaded machine),

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Container, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from pipeline.embed.errors import EmbedError, TooManyFailures
 from pipeline.embed.model import ModelSpec, prompt_latents
 from pipeline.embed.shards import Rows
 from pipeline.embed.work import decode_volume, embed_batch, labels_u8, load_kwargs_of
+from pipeline.manifest_index import ManifestIndex
 from pipeline.runtime import RunSummary, log_path, log_to_file
 from pipeline.task_driver import TaskDriver
 from schemas.embed import EmbedConfig, EmbedIdentity, embed_row_sha256
-from schemas.manifest import ManifestRow, manifest_sha256, read_manifest, storable_line
+from schemas.manifest import ManifestRow, manifest_sha256, storable_line
 from schemas.provenance import Provenance
 
 log = logging.getLogger(__name__)
@@ -89,12 +91,19 @@ def spec_shape(model: str) -> tuple[int, int, int]:
     return x, y, z
 
 
-def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
-    """Rows grouped by scan (first appearance order), so a scan's reconstructions meet in one batch."""
+def scan_order(rows: Iterable[ManifestRow], skip: Container[str] = ()) -> np.ndarray:
+    """Positions of the rows whose volume id is not in ``skip``, grouped by scan (first appearance
+    order, manifest order within a scan), so a scan's reconstructions meet in one batch. One pass;
+    8 bytes a row are kept (the scan names only while the pass runs)."""
     first: dict[str, int] = {}
+    keys, positions = array("q"), array("q")
     for i, r in enumerate(rows):
-        first.setdefault(r.scan_id, i)
-    return sorted(rows, key=lambda r: first[r.scan_id])
+        key = first.setdefault(r.scan_id, i)
+        if r.volume_id not in skip:
+            keys.append(key)
+            positions.append(i)
+    order = np.argsort(np.frombuffer(keys, dtype=np.int64), kind="stable")
+    return np.frombuffer(positions, dtype=np.int64)[order]
 
 
 def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) -> RunSummary:
@@ -129,7 +138,7 @@ def _embed(
     from pipeline.ctclip.text import report_text
     from pipeline.embed.backends import make_backend
 
-    rows = read_manifest(cfg.manifest)
+    rows = ManifestIndex(cfg.manifest)  # validates every row; 16 bytes a row are held, rows are read when wanted
     m_sha = manifest_sha256(cfg.manifest)
     n_gpus = 0 if cfg.scheduler else local_gpus(cfg.device)  # a remote cluster's model workers decide for themselves
     identity = make_identity(cfg)
@@ -141,17 +150,18 @@ def _embed(
         precision=cfg.precision,
         threads=cfg.model_threads,
     )
-    row_hashes = {r.volume_id: embed_row_sha256(r) for r in rows}  # changed rows are refused, naming them
+    row_hashes = ((r.volume_id, embed_row_sha256(r)) for r in rows)  # changed rows are refused, naming them
     with EmbeddingCache.open(
         cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha, row_sha256=row_hashes
     ) as cache:
         log_file.enter_context(log_to_file(log_path(cfg.out)))  # the cache is locked and accepted
         cache.merge_fraction, cache.merge_min_rows = cfg.merge_fraction, cfg.merge_min_rows
         done = cache.done_ids()
-        todo = [r for r in scan_order(rows) if r.volume_id not in done]
+        todo = scan_order(rows, skip=done)
+        del done
         summary = RunSummary(total=len(rows), done_before=len(rows) - len(todo), extras=_new_extras())
         log.info("%s: %d/%d done before this run, %d to embed", cfg.out, summary.done_before, len(rows), len(todo))
-        if not todo and cache.exists:
+        if not todo.size and cache.exists:
             summary.wall_s = time.perf_counter() - t_start
             return summary  # nothing to do: no cluster, no model
         backend = make_backend(cfg.workers, cfg.scheduler, n_gpus, cfg.model_threads)
@@ -171,10 +181,10 @@ def _embed(
                     checkpoint_sha256=identity.checkpoint_sha256,
                 )
                 cache.create(CacheHeader(identity=identity, provenance=prov, temperature=temperature, prompts=prompts))
-            if todo:
+            if todo.size:
                 t_work = time.perf_counter()
                 driver = TaskDriver("embed-ct", len(todo), cfg.max_failures, progress=cfg.progress)
-                runner = _Runner(cfg, backend, cache, spec, summary, driver, report_text, on_commit, todo)
+                runner = _Runner(cfg, backend, cache, spec, summary, driver, report_text, on_commit, rows, todo)
                 try:
                     driver.run(runner)
                 finally:
@@ -198,10 +208,12 @@ class _Runner:
     """embed-ct's tasks for the shared :class:`TaskDriver`: decodes and the model batches they are grouped
     into stay in flight up to the prefetch; finished rows are committed in order of completion."""
 
-    def __init__(self, cfg, backend, cache, spec, summary, driver, report_text, on_commit, todo: list[ManifestRow]):
+    def __init__(
+        self, cfg, backend, cache, spec, summary, driver, report_text, on_commit, rows: ManifestIndex, todo: np.ndarray
+    ):
         self.cfg, self.backend, self.cache, self.spec, self.summary = cfg, backend, cache, spec, summary
         self.driver, self.on_commit, self.manifest_dir = driver, on_commit, Path(cfg.manifest).parent
-        self.queue = list(reversed(todo))
+        self.rows, self.todo, self.next = rows, todo, 0  # todo[next:] are still to decode; rows are read then
         self._report_text = report_text
         per_batch = cfg.batch_size * backend.n_model
         volume_bytes = 4 * np.prod(spec_shape(cfg.model))
@@ -223,11 +235,14 @@ class _Runner:
 
     # ---- the driver's side (TaskSource) -----------------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.queue or self.decoding or self.ready or self.batches)
+        return bool(self._queued() or self.decoding or self.ready or self.batches)
+
+    def _queued(self) -> int:
+        return len(self.todo) - self.next
 
     def refill(self) -> None:
         self._top_up()
-        self._submit_batches(final=not self.queue and not self.decoding)
+        self._submit_batches(final=not self._queued() and not self.decoding)
 
     def in_flight(self) -> list:
         return list(self.decoding) + list(self.batches)
@@ -250,8 +265,9 @@ class _Runner:
         return len(self.decoding) + len(self.ready) + sum(len(r) for r, _ in self.batches.values())
 
     def _top_up(self) -> None:
-        while self.queue and self._in_flight() < self.prefetch and not self.driver.stopped_early:
-            row = self.queue.pop()
+        while self._queued() and self._in_flight() < self.prefetch and not self.driver.stopped_early:
+            row = self.rows.row(int(self.todo[self.next]))
+            self.next += 1
             if not self.text(row).strip():
                 self._fail(row.volume_id, "empty report (no findings or impressions in the manifest)")
                 continue

@@ -4,14 +4,14 @@
 
 * **simulate-drr and embed-ct against the number of volumes** (10, 100, 1000 small synthetic
   volumes, 40 x 40 x 24 chest phantoms) and workers (1, 2; 100 volumes with both, 10 with one,
-  1000 with two; quick: 10 with one): the real command
+  1000 with two; quick: 4 with one): the real command
   lines (``python -m pipeline simulate-drr / embed-ct``) run as subprocesses, wall time,
   CPU time of the whole process tree and the peak of its summed RSS (driver + Dask workers,
   sampled every 50 ms). One manifest per size serves both stages (tiny CT-CLIP with random
   weights, 256 x 256 PA cone beam). **Full size** (not in --quick): ``--full-n`` CT-like
   512 x 512 x 300 volumes through simulate-drr (PA + lateral, 512) with 1 and 2 workers.
 * **Driver memory against manifest rows** (1k rows, and 50k rows of which the first 1k are
-  rendered (``limit``): on this loaded machine 50k Dask tasks take half an hour; quick: 300): ``run_stage``
+  rendered (``limit``): on this loaded machine 50k Dask tasks take half an hour; quick: 100): ``run_stage``
   with a local cluster of 2 workers in which **rendering is stubbed out (in this measurement
   only)**: ``load_ct`` and ``render_volume`` are replaced in every worker by functions that
   return a blank 16 x 16 image at once, so each task still goes through the scheduler, the
@@ -331,13 +331,13 @@ def main() -> None:
     if "driver" in parts:
         # 50k tasks of Dask overhead take ~30 min on this loaded 2-core machine: the 50k-row manifest
         # runs its first 1k items (--limit) against a 1k-row manifest, so the manifest's own cost is seen.
-        sizes = [(300, None)] if args.quick else [(1000, None), (50000, 1000)]
+        sizes = [(100, None)] if args.quick else [(1000, None), (50000, 1000)]
         res["driver"] = driver_memory(args.out, sizes, args.driver_before)
         save()
     if "stages" in parts:
         # Each command-line run starts its own Dask cluster (tens of seconds on this loaded machine),
         # so not every size runs with every worker count: 100 volumes show the workers' effect.
-        plan = {10: [1]} if args.quick else {10: [1], 100: [1, 2], 1000: [2]}
+        plan = {4: [1]} if args.quick else {10: [1], 100: [1, 2], 1000: [2]}
         small_stages(args.out, plan, res, save)  # with the read side after each size (``epoch``)
     if "full" in parts and not args.quick and args.full_n:
         res["simulate_drr"] = res.get("simulate_drr", []) + full_size_drr(args.out, args.full_n, [1, 2])

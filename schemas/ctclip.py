@@ -31,6 +31,13 @@ class CTCLIPVisualConfig(BaseModel):
     dim_head: int = Field(default=32, gt=0)
     codebook_size: int = Field(default=8192, gt=1, description="Rows of the cosine-similarity codebook.")
     channels: int = Field(default=1, gt=0)
+    patch_norm: bool = Field(
+        default=True,
+        description="LayerNorm over each patch's voxels before the patch projection (the official CTViT). It removes "
+        "the patch's mean and scale: at fine voxels the texture inside a patch carries the findings, but at coarse "
+        "ones (a few mm) a patch inside the lung is nearly uniform and its mean density is the finding (emphysema, "
+        "ground glass), so small configs may turn it off.",
+    )
 
     @model_validator(mode="after")
     def _check_divisible(self):

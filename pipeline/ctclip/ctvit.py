@@ -19,13 +19,14 @@ from schemas.ctclip import CTCLIPVisualConfig
 
 class PatchEmbedding(nn.Module):
     """Cut (b, c, D, H, W) into (pt, p1, p2) patches, features ordered (c, pt, p1, p2);
-    LayerNorm -> Linear -> LayerNorm under the official names ``1``, ``2``, ``3``."""
+    LayerNorm -> Linear -> LayerNorm under the official names ``1``, ``2``, ``3``
+    (``norm=False``: no first LayerNorm, so a patch's mean density reaches the projection)."""
 
-    def __init__(self, channels: int, pt: int, p: int, dim: int):
+    def __init__(self, channels: int, pt: int, p: int, dim: int, norm: bool = True):
         super().__init__()
         self.pt, self.p = pt, p
         features = channels * pt * p * p
-        self.add_module("1", nn.LayerNorm(features))
+        self.add_module("1", nn.LayerNorm(features) if norm else nn.Identity())
         self.add_module("2", nn.Linear(features, dim))
         self.add_module("3", nn.LayerNorm(dim))
 
@@ -65,8 +66,8 @@ class CTViT(nn.Module):
         p, pt, c, dim = cfg.patch_size, cfg.temporal_patch_size, cfg.channels, cfg.dim
         self.spatial_rel_pos_bias = ContinuousPositionBias(dim=dim, heads=cfg.heads)
         # Unused (first-frame path of the official VQ-VAE); kept for the state dict.
-        self.to_patch_emb_first_frame = PatchEmbedding(c, 1, p, dim)
-        self.to_patch_emb = PatchEmbedding(c, pt, p, dim)
+        self.to_patch_emb_first_frame = PatchEmbedding(c, 1, p, dim, cfg.patch_norm)
+        self.to_patch_emb = PatchEmbedding(c, pt, p, dim, cfg.patch_norm)
         self.enc_spatial_transformer = Transformer(dim, cfg.spatial_depth, cfg.dim_head, cfg.heads)
         self.enc_temporal_transformer = Transformer(dim, cfg.temporal_depth, cfg.dim_head, cfg.heads)
         self.vq = VectorQuantizer(dim, cfg.codebook_size)

@@ -211,3 +211,37 @@ def test_bf16_search_falls_back_to_fp32_for_crowded_tokens():
     tokens = torch.randn(200, 16)
     tokens[:50] = 0.0  # ties with all 256 codes: more than MAX_CANDIDATES candidates
     assert torch.equal(vq(tokens, fast_bf16=True)[1], vq(tokens)[1])
+
+
+def _patch_embedding(norm: bool):
+    from pipeline.ctclip.ctvit import PatchEmbedding
+
+    torch.manual_seed(0)
+    return PatchEmbedding(1, 2, 4, 8, norm=norm).eval()
+
+
+def test_patch_norm_hides_a_patchs_density_and_its_absence_keeps_it():
+    # One (2, 4, 4) patch; the same patch brighter by a uniform offset (denser tissue, same texture).
+    patch = torch.randn(1, 1, 2, 4, 4)
+    denser = patch + 0.3
+    with torch.no_grad():
+        official, small = _patch_embedding(True), _patch_embedding(False)
+        # LayerNorm over the patch's voxels subtracts their mean: an offset cannot reach the projection.
+        torch.testing.assert_close(official(patch), official(denser), rtol=1e-5, atol=1e-5)
+        assert (small(patch) - small(denser)).abs().max() > 1e-2
+        # Without it the first step is the plain projection of the voxels (then the token LayerNorm).
+        flat = patch.reshape(1, -1)
+        by_hand = getattr(small, "3")(getattr(small, "2")(flat))
+        torch.testing.assert_close(small(patch).reshape(1, -1), by_hand)
+
+
+def test_patch_norm_off_leaves_its_parameters_out_of_the_state_dict():
+    from pipeline.ctclip.config import get_config
+    from pipeline.ctclip.model import CTCLIP
+
+    cfg = get_config("tiny")
+    off = cfg.model_copy(update={"visual": cfg.visual.model_copy(update={"patch_norm": False})})
+    keys_on, keys_off = set(CTCLIP(cfg).state_dict()), set(CTCLIP(off).state_dict())
+    modules = ("to_patch_emb", "to_patch_emb_first_frame")
+    assert keys_on - keys_off == {f"visual_transformer.{m}.1.{p}" for m in modules for p in ("weight", "bias")}
+    assert not keys_off - keys_on

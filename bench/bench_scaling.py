@@ -230,7 +230,7 @@ def driver_memory(work: Path, sizes: list[tuple[int, int | None]], before: Path 
     """``before``: another checkout of this repository (the code before a change): each size runs with
     it too, right before this code, so the two are compared in one run."""
     out = []
-    codes = [("before", before.resolve()), ("this", ROOT)] if before else [("this", ROOT)]
+    codes = [("before", before.resolve()), ("this run", ROOT)] if before else [("this run", ROOT)]
     for n, limit in sizes:
         for code, root in codes:
             proc = subprocess.run(
@@ -240,7 +240,12 @@ def driver_memory(work: Path, sizes: list[tuple[int, int | None]], before: Path 
             )  # fmt: skip
             if proc.returncode != 0:
                 raise RuntimeError(f"driver child {n} ({code}) failed:\n{proc.stderr[-3000:]}")
-            out.append({"code": code, **json.loads(proc.stdout.strip().splitlines()[-1])})
+            out.append(
+                {
+                    "code": "before" if code == "before" else "this run",
+                    **json.loads(proc.stdout.strip().splitlines()[-1]),
+                }
+            )
             print(f"driver {n} rows ({code}): {out[-1]}", flush=True)
         for p in work.glob(f"driver-{n}.*"):  # the stub store is large in files; free the disk
             if p.is_dir():

@@ -188,7 +188,7 @@ def scaling(r: dict) -> str:
     if "driver" in r:
         rows = [
             [
-                e.get("code", "this"),
+                e.get("code", "this run"),
                 e["rows"],
                 e.get("tasks", e["rows"]),
                 e["seconds"],
@@ -200,7 +200,8 @@ def scaling(r: dict) -> str:
         parts.append(
             "**simulate-drr driver memory against manifest rows** (rendering stubbed out in this measurement "
             "only: each task returns blank images at once, so the driver's own bookkeeping is what grows; "
-            "code 'before': the checkout given with --driver-before, run side by side):\n\n"
+            "code 'before': the checkout given with --driver-before, run side by side; 'this run': the code "
+            "of the run that made the figure, see its results file):\n\n"
             + _table(
                 ["code", "manifest rows", "tasks run", "wall s", "driver peak RSS MB", "driver RSS growth MB"], rows
             )

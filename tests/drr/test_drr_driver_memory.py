@@ -54,9 +54,9 @@ def _peak_growth(cfg: SimulateDRRConfig, client) -> int:
 
 def test_driver_memory_does_not_grow_with_manifest_rows(tmp_path, client):
     """Two manifests of 200 and 2,000 rows, the same two items rendered (``limit``): the driver's
-    peak may grow by at most 400 bytes per added row (it grows by about 200: the store's ids, written
-    once at creation; the driver before holding every parsed row and reading every status chunk at once
-    grew by 3.9 KB a row here)."""
+    peak may grow by at most 1 KB per added row (measured: about 0, within the noise of the in-process
+    cluster's own allocations, a few hundred KB; the driver before, holding every parsed row and
+    reading every status chunk at once, grew by 3.4 KB a row here)."""
     peaks = {}
     warm = _manifest(tmp_path / "warm.jsonl", 2)  # the first run imports modules: not the driver's own memory
     run_stage(
@@ -70,7 +70,7 @@ def test_driver_memory_does_not_grow_with_manifest_rows(tmp_path, client):
         )
         peaks[n] = _peak_growth(cfg, client)
     per_row = (peaks[2000] - peaks[200]) / 1800
-    assert per_row < 400, f"{per_row:.0f} bytes per manifest row ({peaks})"
+    assert per_row < 1024, f"{per_row:.0f} bytes per manifest row ({peaks})"
 
 
 def test_read_status_reads_only_written_chunks(tmp_path):

@@ -309,6 +309,7 @@ def main() -> None:
         default=None,
         help="a checkout of the code before a change (git archive COMMIT | tar -x -C DIR): the driver part runs it too",
     )
+    ap.add_argument("--driver-sizes", default=None, help="driver part: ROWS[:LIMIT],... (default 1000,50000:1000)")
     ap.add_argument("--driver-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -337,6 +338,11 @@ def main() -> None:
         # 50k tasks of Dask overhead take ~30 min on this loaded 2-core machine: the 50k-row manifest
         # runs its first 1k items (--limit) against a 1k-row manifest, so the manifest's own cost is seen.
         sizes = [(100, None)] if args.quick else [(1000, None), (50000, 1000)]
+        if args.driver_sizes:  # "ROWS[:LIMIT],...", e.g. "50000" for every row of a 50k-row manifest as a task
+            sizes = [
+                (int(r), int(lim) if lim else None)
+                for r, _, lim in (x.partition(":") for x in args.driver_sizes.split(","))
+            ]
         res["driver"] = driver_memory(args.out, sizes, args.driver_before)
         save()
     if "stages" in parts:

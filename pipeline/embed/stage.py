@@ -10,6 +10,7 @@ volumes that need them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from array import array
@@ -44,6 +45,7 @@ def _new_extras() -> dict:
         "model_ct_s": 0.0,  # summed over batches
         "model_text_s": 0.0,
         "texts_embedded": 0,  # distinct reports embedded
+        "report_latents_held_max": 0,  # the most report latents the driver held at once
         "dashboard": None,
     }
 
@@ -104,6 +106,24 @@ def scan_order(rows: Iterable[ManifestRow], skip: Container[str] = ()) -> np.nda
             positions.append(i)
     order = np.argsort(np.frombuffer(keys, dtype=np.int64), kind="stable")
     return np.frombuffer(positions, dtype=np.int64)[order]
+
+
+def report_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+def report_uses(rows: ManifestIndex, todo: np.ndarray, text: Callable[[ManifestRow], str]) -> dict[bytes, int]:
+    """How many rows of ``todo`` (positions in ``rows``) use each report (by an 8-byte key of its
+    cleaned text): one pass over the manifest. Lets the driver drop a report's latent after its
+    last row instead of holding every report's latent for the whole run."""
+    wanted = np.zeros(len(rows), dtype=bool)
+    wanted[todo] = True
+    uses: dict[bytes, int] = {}
+    for i, row in enumerate(rows):
+        if wanted[i]:
+            key = report_key(text(row))
+            uses[key] = uses.get(key, 0) + 1
+    return uses
 
 
 def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) -> RunSummary:
@@ -184,7 +204,8 @@ def _embed(
             if todo.size:
                 t_work = time.perf_counter()
                 driver = TaskDriver("embed-ct", len(todo), cfg.max_failures, progress=cfg.progress)
-                runner = _Runner(cfg, backend, cache, spec, summary, driver, report_text, on_commit, rows, todo)
+                uses = report_uses(rows, todo, lambda r: report_text(r.findings, r.impressions))
+                runner = _Runner(cfg, backend, cache, spec, summary, driver, report_text, on_commit, rows, todo, uses)
                 try:
                     driver.run(runner)
                 finally:
@@ -209,7 +230,18 @@ class _Runner:
     into stay in flight up to the prefetch; finished rows are committed in order of completion."""
 
     def __init__(
-        self, cfg, backend, cache, spec, summary, driver, report_text, on_commit, rows: ManifestIndex, todo: np.ndarray
+        self,
+        cfg,
+        backend,
+        cache,
+        spec,
+        summary,
+        driver,
+        report_text,
+        on_commit,
+        rows: ManifestIndex,
+        todo: np.ndarray,
+        report_uses: dict[bytes, int],
     ):
         self.cfg, self.backend, self.cache, self.spec, self.summary = cfg, backend, cache, spec, summary
         self.driver, self.on_commit, self.manifest_dir = driver, on_commit, Path(cfg.manifest).parent
@@ -225,7 +257,8 @@ class _Runner:
         self.decoding: dict = {}  # handle -> row
         self.ready: list = []  # (row, handle) decoded, waiting for a batch
         self.batches: dict = {}  # handle -> (rows, texts it embeds)
-        self.text_latents: dict[str, np.ndarray] = {}
+        self.text_latents: dict[str, np.ndarray] = {}  # reports a row still to finish uses (see _row_finished)
+        self.report_uses = report_uses  # report key -> rows still to finish that use it
         self.texts_in_flight: set[str] = set()  # carried by a running model task
         self.texts_retried: set[str] = set()
         self.text_errors: dict[str, str] = {}
@@ -269,7 +302,7 @@ class _Runner:
             row = self.rows.row(int(self.todo[self.next]))
             self.next += 1
             if not self.text(row).strip():
-                self._fail(row.volume_id, "empty report (no findings or impressions in the manifest)")
+                self._fail(row, "empty report (no findings or impressions in the manifest)")
                 continue
             path, kwargs = load_kwargs_of(row, self.manifest_dir)
             h = self.backend.decode(
@@ -301,23 +334,25 @@ class _Runner:
             if err is None:
                 self.ready.append((row, h))
             else:
-                self._fail(row.volume_id, _reason(err))
+                self._fail(row, _reason(err))
             return
         rows, texts = self.batches.pop(h)  # dropping the decode handles lets Dask free the volumes
         self.texts_in_flight.difference_update(texts)
         err = self.backend.error(h)
         if err is not None:
             for r in rows:
-                self._fail(r.volume_id, f"model task failed: {_reason(err)}")
+                self._fail(r, f"model task failed: {_reason(err)}")
             self._texts_lost(texts, _reason(err))
             return
         result = self.backend.result(h)
         self._record_timings(result)
         self.text_latents.update(result.texts)
+        extras = self.summary.extras
+        extras["report_latents_held_max"] = max(extras["report_latents_held_max"], len(self.text_latents))
         self.text_errors.update(result.text_errors)
         for r in rows:
             if r.volume_id in result.errors:
-                self._fail(r.volume_id, result.errors[r.volume_id])
+                self._fail(r, result.errors[r.volume_id])
             elif r.volume_id in result.ct:
                 self.waiting.append((r, result.ct[r.volume_id]))
         self._complete_waiting()
@@ -351,6 +386,8 @@ class _Runner:
         )
         self.buffered += len(done)
         self.driver.succeeded(len(done))
+        for r, _ in done:
+            self._row_finished(r)
 
     def _texts_lost(self, texts: list[str], reason: str) -> None:
         """A failed task's texts: embed them once more (a text-only task) if other rows need them."""
@@ -376,13 +413,26 @@ class _Runner:
 
         for r, _ in self.waiting:
             if stuck(r):
-                self._fail(r.volume_id, f"report embedding failed: {self.text_errors.get(self.text(r), 'unknown')}")
+                self._fail(r, f"report embedding failed: {self.text_errors.get(self.text(r), 'unknown')}")
         self.waiting = [(r, z) for r, z in self.waiting if not stuck(r)]
 
-    def _fail(self, volume_id: str, reason: str) -> None:
+    def _fail(self, row: ManifestRow, reason: str) -> None:
         reason = storable_line(reason)[:2000]
-        self.buffer.append(Rows(failed_ids=[volume_id], failed_reasons=[reason]))
-        self.driver.failed(volume_id, reason)
+        self.buffer.append(Rows(failed_ids=[row.volume_id], failed_reasons=[reason]))
+        self.driver.failed(row.volume_id, reason)
+        self._row_finished(row)
+
+    def _row_finished(self, row: ManifestRow) -> None:
+        """One row is committed or failed: its report's latent is dropped once no row still to finish
+        uses it (the latents held stay bounded by what is in flight, not by the reports seen so far)."""
+        text = self.text(row)
+        key = report_key(text)
+        left = self.report_uses.get(key, 0) - 1
+        if left > 0:
+            self.report_uses[key] = left
+        else:
+            self.report_uses.pop(key, None)
+            self.text_latents.pop(text, None)
 
     def commit(self, force: bool = False) -> None:
         """Make the buffered rows durable once ``commit_every`` are there (``force``: now)."""

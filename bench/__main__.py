@@ -340,6 +340,16 @@ def project_ct_rate(run: dict) -> dict | None:
     return rows
 
 
+def shown_command(argv: list[str]) -> str:
+    """A job's command as a user types it: the interpreter by name, the script relative to the
+    repository (also for runs made from another checkout of it), this checkout's paths relative."""
+    shown = [Path(argv[0]).name]
+    for a in argv[1:]:
+        script = Path(a)
+        shown.append(f"bench/{script.name}" if script.suffix == ".py" and script.parent.name == "bench" else a)
+    return " ".join(shown).replace(str(ROOT) + "/", "")
+
+
 def render_markdown(run: dict) -> str:
     m = run["machine"]
     v = ", ".join(f"{k} {val}" for k, val in m["versions"].items())
@@ -368,8 +378,7 @@ def render_markdown(run: dict) -> str:
         if "skipped" in entry:
             lines += [f"Not run: {entry['skipped']}.", ""]
             continue
-        cmd = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(entry["argv"]))
-        lines += ["```", cmd.replace(str(ROOT) + "/", ""), "```", ""]
+        lines += ["```", shown_command(entry["argv"]), "```", ""]
         lb, la = entry["load_before"][0], entry["load_after"][0]
         lines.append(f"Load average {lb:.1f} before, {la:.1f} after; {entry['seconds']:.0f} s.")
         lines.append("")

@@ -4,14 +4,14 @@
 
 * **simulate-drr and embed-ct against the number of volumes** (10, 100, 1000 small synthetic
   volumes, 40 x 40 x 24 chest phantoms) and workers (1, 2; 100 volumes with both, 10 with one,
-  1000 with two; quick: 10 with one): the real command
+  1000 with two; quick: 4 with one): the real command
   lines (``python -m pipeline simulate-drr / embed-ct``) run as subprocesses, wall time,
   CPU time of the whole process tree and the peak of its summed RSS (driver + Dask workers,
   sampled every 50 ms). One manifest per size serves both stages (tiny CT-CLIP with random
   weights, 256 x 256 PA cone beam). **Full size** (not in --quick): ``--full-n`` CT-like
   512 x 512 x 300 volumes through simulate-drr (PA + lateral, 512) with 1 and 2 workers.
 * **Driver memory against manifest rows** (1k rows, and 50k rows of which the first 1k are
-  rendered (``limit``): on this loaded machine 50k Dask tasks take half an hour; quick: 300): ``run_stage``
+  rendered (``limit``): on this loaded machine 50k Dask tasks take half an hour; quick: 100): ``run_stage``
   with a local cluster of 2 workers in which **rendering is stubbed out (in this measurement
   only)**: ``load_ct`` and ``render_volume`` are replaced in every worker by functions that
   return a blank 16 x 16 image at once, so each task still goes through the scheduler, the
@@ -226,17 +226,27 @@ def driver_child(n_rows: int, work: Path, limit: int | None = None) -> dict:
     }
 
 
-def driver_memory(work: Path, sizes: list[tuple[int, int | None]]) -> list:
+def driver_memory(work: Path, sizes: list[tuple[int, int | None]], before: Path | None = None) -> list:
+    """``before``: another checkout of this repository (the code before a change): each size runs with
+    it too, right before this code, so the two are compared in one run."""
     out = []
+    codes = [("before", before.resolve()), ("this run", ROOT)] if before else [("this run", ROOT)]
     for n, limit in sizes:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--driver-child", str(n), "--out", str(work), "--limit", str(limit or 0)],
-            cwd=ROOT, capture_output=True, text=True,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise RuntimeError(f"driver child {n} failed:\n{proc.stderr[-3000:]}")
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"driver {n} rows: {out[-1]}", flush=True)
+        for code, root in codes:
+            proc = subprocess.run(
+                [sys.executable, str(root / "bench" / "bench_scaling.py"), "--driver-child", str(n),
+                 "--out", str(work), "--limit", str(limit or 0)],
+                cwd=root, capture_output=True, text=True,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise RuntimeError(f"driver child {n} ({code}) failed:\n{proc.stderr[-3000:]}")
+            out.append(
+                {
+                    "code": "before" if code == "before" else "this run",
+                    **json.loads(proc.stdout.strip().splitlines()[-1]),
+                }
+            )
+            print(f"driver {n} rows ({code}): {out[-1]}", flush=True)
         for p in work.glob(f"driver-{n}.*"):  # the stub store is large in files; free the disk
             if p.is_dir():
                 import shutil
@@ -293,6 +303,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--full-n", type=int, default=3, help="full-size volumes through simulate-drr (0: none)")
     ap.add_argument("--parts", default="stages,full,driver,epoch")
+    ap.add_argument(
+        "--driver-before",
+        type=Path,
+        default=None,
+        help="a checkout of the code before a change (git archive COMMIT | tar -x -C DIR): the driver part runs it too",
+    )
+    ap.add_argument("--driver-sizes", default=None, help="driver part: ROWS[:LIMIT],... (default 1000,50000:1000)")
     ap.add_argument("--driver-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -320,12 +337,18 @@ def main() -> None:
     if "driver" in parts:
         # 50k tasks of Dask overhead take ~30 min on this loaded 2-core machine: the 50k-row manifest
         # runs its first 1k items (--limit) against a 1k-row manifest, so the manifest's own cost is seen.
-        res["driver"] = driver_memory(args.out, [(300, None)] if args.quick else [(1000, None), (50000, 1000)])
+        sizes = [(100, None)] if args.quick else [(1000, None), (50000, 1000)]
+        if args.driver_sizes:  # "ROWS[:LIMIT],...", e.g. "50000" for every row of a 50k-row manifest as a task
+            sizes = [
+                (int(r), int(lim) if lim else None)
+                for r, _, lim in (x.partition(":") for x in args.driver_sizes.split(","))
+            ]
+        res["driver"] = driver_memory(args.out, sizes, args.driver_before)
         save()
     if "stages" in parts:
         # Each command-line run starts its own Dask cluster (tens of seconds on this loaded machine),
         # so not every size runs with every worker count: 100 volumes show the workers' effect.
-        plan = {10: [1]} if args.quick else {10: [1], 100: [1, 2], 1000: [2]}
+        plan = {4: [1]} if args.quick else {10: [1], 100: [1, 2], 1000: [2]}
         small_stages(args.out, plan, res, save)  # with the read side after each size (``epoch``)
     if "full" in parts and not args.quick and args.full_n:
         res["simulate_drr"] = res.get("simulate_drr", []) + full_size_drr(args.out, args.full_n, [1, 2])

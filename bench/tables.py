@@ -187,13 +187,24 @@ def scaling(r: dict) -> str:
             )
     if "driver" in r:
         rows = [
-            [e["rows"], e.get("tasks", e["rows"]), e["seconds"], e["driver_peak_rss_mb"], e["driver_rss_growth_mb"]]
+            [
+                e.get("code", "this run"),
+                e["rows"],
+                e.get("tasks", e["rows"]),
+                e["seconds"],
+                e["driver_peak_rss_mb"],
+                e["driver_rss_growth_mb"],
+            ]
             for e in r["driver"]
         ]
         parts.append(
             "**simulate-drr driver memory against manifest rows** (rendering stubbed out in this measurement "
-            "only: each task returns blank images at once, so the driver's own bookkeeping is what grows):\n\n"
-            + _table(["manifest rows", "tasks run", "wall s", "driver peak RSS MB", "driver RSS growth MB"], rows)
+            "only: each task returns blank images at once, so the driver's own bookkeeping is what grows; "
+            "code 'before': the checkout given with --driver-before, run side by side; 'this run': the code "
+            "of the run that made the figure, see its results file):\n\n"
+            + _table(
+                ["code", "manifest rows", "tasks run", "wall s", "driver peak RSS MB", "driver RSS growth MB"], rows
+            )
         )
     if "epoch" in r:
         e = r["epoch"]

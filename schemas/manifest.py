@@ -11,7 +11,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -179,42 +179,63 @@ def read_manifest(path: str | Path, allow_empty: bool = False) -> list[ManifestR
     A manifest without rows is refused unless ``allow_empty``: a stage given one would
     do nothing and report success (or, with --overwrite, empty a full store).
     """
+    rows = [row for _, _, row in iter_manifest(path)]
+    if not rows and not allow_empty:
+        raise EmptyManifestError(path)
+    return rows
+
+
+def iter_manifest(path: str | Path) -> Iterator[tuple[int, bytes, ManifestRow]]:
+    """The validated rows of a manifest one at a time, each with the byte offset where its line
+    starts and the line's bytes; the checks and messages of :func:`read_manifest`, without holding
+    the rows (a driver of 50k rows keeps only what it needs of each, see ``pipeline.manifest_index``)."""
     path = Path(path)
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         raise InputMissingError(f"manifest {path} {what}; build one with `x2ct-pipeline manifest ...`")
-    rows: list[ManifestRow] = []
-    seen: dict[str, int] = {}
-    raw = path.read_bytes()
+    seen: dict[str, int] = {}  # volume id -> line, for the duplicate check
+    offset = 0
+    with path.open("rb") as f:
+        # Lines end at b"\n" only (binary iteration; not splitlines: U+2028 may sit in a string). UTF-8
+        # never holds the byte 0x0A inside a character, so these are the text's lines.
+        for lineno, line in enumerate(f, start=1):
+            start, offset = offset, offset + len(line)
+            row = parse_manifest_line(path, lineno, line)
+            if row is None:
+                continue
+            if row.volume_id in seen:
+                raise ManifestError(
+                    f"{path}:{lineno}: duplicate volume_id {row.volume_id!r} (first on line {seen[row.volume_id]})"
+                )
+            seen[row.volume_id] = lineno
+            yield start, line, row
+
+
+def parse_manifest_line(path: Path, lineno: int, line: bytes) -> ManifestRow | None:
+    """One manifest line as a validated row (``None`` for a blank line); :class:`ManifestError` names the line."""
     try:
-        text = raw.decode("utf-8")
+        text = line.decode("utf-8")
     except UnicodeDecodeError as e:
-        bad_line = raw[: e.start].count(b"\n") + 1
         raise ManifestError(
-            f"{path}:{bad_line}: not UTF-8 (byte 0x{raw[e.start]:02x}); manifests are UTF-8 JSON Lines: "
+            f"{path}:{lineno}: not UTF-8 (byte 0x{line[e.start]:02x}); manifests are UTF-8 JSON Lines: "
             "rebuild it with `x2ct-pipeline manifest ...` or re-save it as UTF-8"
         ) from None
-    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        vid = shown(str(data.get("volume_id", "?"))) if isinstance(data, dict) else "?"
-        try:
-            row = ManifestRow.model_validate(data)
-        except ValidationError as e:
-            raise ManifestError(f"{path}:{lineno} (volume {vid}): {_describe(e)}") from None
-        if row.volume_id in seen:
-            raise ManifestError(
-                f"{path}:{lineno}: duplicate volume_id {row.volume_id!r} (first on line {seen[row.volume_id]})"
-            )
-        seen[row.volume_id] = lineno
-        rows.append(row)
-    if not rows and not allow_empty:
-        raise ManifestError(f"{path}: the manifest has no rows; nothing to do (was it built from the right folder?)")
-    return rows
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    vid = shown(str(data.get("volume_id", "?"))) if isinstance(data, dict) else "?"
+    try:
+        return ManifestRow.model_validate(data)
+    except ValidationError as e:
+        raise ManifestError(f"{path}:{lineno} (volume {vid}): {_describe(e)}") from None
+
+
+class EmptyManifestError(ManifestError):
+    def __init__(self, path: str | Path):
+        super().__init__(f"{path}: the manifest has no rows; nothing to do (was it built from the right folder?)")
 
 
 def shown(text: str) -> str:

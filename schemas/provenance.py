@@ -25,12 +25,15 @@ class Provenance(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file's bytes: the identity of manifests and checkpoints."""
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes: the identity of manifests and checkpoints. Read into one reused
+    256 KB buffer, so the memory stays the same for any size of file."""
     h = hashlib.sha256()
+    buffer = bytearray(1 << 18)
+    view = memoryview(buffer)
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        while n := f.readinto(buffer):
+            h.update(view[:n])
     return h.hexdigest()
 
 

@@ -19,16 +19,19 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from pipeline.manifest_index import ManifestIndex
 from pipeline.runtime import RunSummary
 from pipeline.task_driver import TaskDriver, dask_wait_any
 from schemas.drr import DRRStoreLayout, ItemStatus, SimulateDRRConfig
-from schemas.manifest import ManifestRow, manifest_sha256, read_manifest
+from schemas.manifest import ManifestRow, manifest_sha256
 from schemas.provenance import Provenance
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)  # one per finished item is kept in the summary: 50k of them
 class ItemResult:
     index: int
     volume_id: str
@@ -145,7 +148,7 @@ def run_stage(cfg: SimulateDRRConfig, client=None) -> RunSummary:
     from pipeline.runtime import output_lock, refuse_non_folder
 
     t_start = time.perf_counter()
-    rows = read_manifest(cfg.manifest)  # refuses an empty manifest
+    rows = ManifestIndex(cfg.manifest)  # validates every row, refuses an empty manifest; holds 16 bytes a row
     if client is None and cfg.scheduler is None:  # a remote cluster's workers have their own devices
         refuse_missing_gpu(cfg.device)
     refuse_non_folder(cfg.out, "a Zarr store")  # before the lock file is made beside it
@@ -169,9 +172,7 @@ def run_stage(cfg: SimulateDRRConfig, client=None) -> RunSummary:
         return summary
 
 
-def _render_pending(
-    cfg: SimulateDRRConfig, rows: list[ManifestRow], client, t_start, log_file: ExitStack
-) -> RunSummary:
+def _render_pending(cfg: SimulateDRRConfig, rows: ManifestIndex, client, t_start, log_file: ExitStack) -> RunSummary:
     from pipeline.drr.store import failures, open_or_create, read_status, write_status_snapshot
     from pipeline.runtime import log_path, log_to_file
 
@@ -182,12 +183,12 @@ def _render_pending(
     group = open_or_create(cfg, layout, rows, _provenance(cfg, sha))
     log_file.enter_context(log_to_file(log_path(cfg.out)))  # the store is accepted
     status = read_status(group)
-    candidates = range(len(rows)) if cfg.limit is None else range(min(cfg.limit, len(rows)))
-    pending = [i for i in candidates if status[i] != ItemStatus.DONE]
+    n_candidates = len(rows) if cfg.limit is None else min(cfg.limit, len(rows))
+    pending = np.flatnonzero(status[:n_candidates] != ItemStatus.DONE)
     summary = RunSummary(total=len(rows), done_before=int((status == ItemStatus.DONE).sum()))
     summary.extras.update(max_worker_rss_mb=0.0, items=[])
     log.info("%s: %d/%d done before this run, %d to render", cfg.out, summary.done_before, len(rows), len(pending))
-    if not pending:
+    if not pending.size:
         summary.failures = dict(failures(group))
         summary.wall_s = time.perf_counter() - t_start
         return summary
@@ -200,12 +201,18 @@ def _render_pending(
     try:
         log.info("Dask dashboard: %s", client.dashboard_link)
         driver = TaskDriver("simulate-drr", len(pending), cfg.max_failures, progress=cfg.progress)
-        driver.run(_RenderTasks(client, threads, cfg, rows, pending, summary, driver))
+        tasks = _RenderTasks(client, threads, cfg, rows, pending, status, summary, driver)
+        driver.run(tasks)
     finally:
         if close is not None:
             close()
     summary.done, summary.failed, summary.stopped_early = driver.done, len(driver.failures), driver.stopped_early
-    final = read_status(group)
+    # ``status`` now holds each finished task's outcome (what its item's chunk says); a task cancelled
+    # when the run stopped early may have written its item all the same: those chunks are read again.
+    final = tasks.status
+    unsettled = np.array(sorted(i for i, _ in tasks.futures.values()), dtype=np.int64)
+    if unsettled.size:
+        final[unsettled] = np.asarray(group["status"].oindex[unsettled], dtype=np.uint8)
     write_status_snapshot(group, final)
     summary.failures = dict(failures(group, final))
     summary.wall_s = time.perf_counter() - t_start
@@ -221,38 +228,53 @@ def _render_pending(
 
 class _RenderTasks:
     """One task per pending item, at most two per worker thread in flight (the scheduler's memory stays
-    small for 50k items); the task writes its item, this side records the outcome."""
+    small for 50k items); the task writes its item, this side records the outcome in ``status``.
+    Per item of the manifest it holds one status byte and the pending list (8 bytes); a row is read
+    from the manifest when its task is submitted."""
 
-    def __init__(self, client, threads, cfg: SimulateDRRConfig, rows, pending: list[int], summary, driver: TaskDriver):
+    def __init__(
+        self,
+        client,
+        threads,
+        cfg: SimulateDRRConfig,
+        rows: ManifestIndex,
+        pending: np.ndarray,
+        status: np.ndarray,
+        summary,
+        driver: TaskDriver,
+    ):
         self.client, self.threads, self.rows, self.summary, self.driver = client, threads, rows, summary, driver
+        self.status = status
         self.store, self.manifest_dir = str(cfg.out), str(cfg.manifest.parent.resolve())
         self.cfg_json = cfg.model_dump_json()
         self.n_slots = max(1, sum(client.nthreads().values())) * 2
-        self.queue = list(reversed(pending))
-        self.futures: dict = {}  # future -> item index
+        self.pending, self.next = pending, 0  # pending[next:] are still to submit, in manifest order
+        self.futures: dict = {}  # future -> (item index, volume id)
         # Keys name this run: on a shared scheduler another run's task of the same item (another
         # store, or a previous run whose keys are not yet forgotten) would otherwise be taken for ours.
         self.run_token = uuid.uuid4().hex[:12]
 
     def has_work(self) -> bool:
-        return bool(self.queue or self.futures)
+        return self.next < len(self.pending) or bool(self.futures)
 
     def refill(self) -> None:
-        while self.queue and len(self.futures) < self.n_slots:
-            i = self.queue.pop()
+        while self.next < len(self.pending) and len(self.futures) < self.n_slots:
+            i = int(self.pending[self.next])
+            self.next += 1
+            row = self.rows.row(i)
             fut = self.client.submit(
                 render_item,
                 self.store,
                 i,
-                self.rows[i].model_dump_json(),
+                row.model_dump_json(),
                 self.manifest_dir,
                 self.cfg_json,
                 self.threads,
-                key=f"drr-{i}-{self.run_token}-{self.rows[i].volume_id}",
+                key=f"drr-{i}-{self.run_token}-{row.volume_id}",
                 pure=False,
                 retries=0,
             )
-            self.futures[fut] = i
+            self.futures[fut] = (i, row.volume_id)
 
     def in_flight(self) -> list:
         return list(self.futures)
@@ -263,15 +285,16 @@ class _RenderTasks:
     def finish(self, fut) -> None:
         from pipeline.drr.store import item_done, write_failure
 
-        i = self.futures.pop(fut)
+        i, volume_id = self.futures.pop(fut)
         try:
             res: ItemResult = fut.result()
         except Exception as e:  # the worker died (e.g. killed for memory): record it for the item
             if item_done(self.store, i):  # it died after finishing the item: the item stays done
-                res = ItemResult(i, self.rows[i].volume_id, True)
+                res = ItemResult(i, volume_id, True)
             else:
-                res = ItemResult(i, self.rows[i].volume_id, False, f"worker lost: {type(e).__name__}: {e}")
+                res = ItemResult(i, volume_id, False, f"worker lost: {type(e).__name__}: {e}")
                 write_failure(self.store, i, res.reason)
+        self.status[i] = ItemStatus.DONE if res.ok else ItemStatus.FAILED  # what the task (or we) wrote last
         extras = self.summary.extras
         extras["max_worker_rss_mb"] = max(extras["max_worker_rss_mb"], res.peak_rss_mb)
         extras["items"].append(res)

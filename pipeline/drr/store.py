@@ -37,7 +37,11 @@ import hashlib
 import json
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import zarr
@@ -59,7 +63,7 @@ class StoreMismatchError(PipelineError, ValueError):
     """The store was made with another config or manifest; continuing it would mix outputs."""
 
 
-def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> zarr.Group:
+def create_store(path: Path, layout: DRRStoreLayout, rows: ManifestRows, provenance: Provenance) -> zarr.Group:
     """Build the store in a temporary folder beside ``path`` and rename it into place, so a
     half-created store never exists under the final name."""
     with atomic_dir(path) as tmp:
@@ -67,7 +71,7 @@ def create_store(path: Path, layout: DRRStoreLayout, rows: list[ManifestRow], pr
     return zarr.open_group(str(path), mode="r+")
 
 
-def _build_store(folder: Path, layout: DRRStoreLayout, rows: list[ManifestRow], provenance: Provenance) -> None:
+def _build_store(folder: Path, layout: DRRStoreLayout, rows: ManifestRows, provenance: Provenance) -> None:
     group = zarr.open_group(str(folder), mode="w")
     compressor = ZstdCodec(level=layout.zstd_level)
     n = layout.n_items
@@ -97,9 +101,10 @@ def _build_store(folder: Path, layout: DRRStoreLayout, rows: list[ManifestRow], 
         fill_value=ItemStatus.PENDING,
         attributes=per_item,
     )
+    items = ItemArrays.of(rows)
     ids = create(layout.ids, shape=(n,), dtype=str, chunks=(max(n, 1),), fill_value="")
-    ids[:] = np.array([r.volume_id for r in rows], dtype=object)
-    n_labels = len(rows[0].labels) if rows else N_LABELS
+    ids[:] = items.ids
+    n_labels = items.labels.shape[1]
     labels = create(
         layout.labels,
         shape=(n, n_labels),
@@ -108,7 +113,7 @@ def _build_store(folder: Path, layout: DRRStoreLayout, rows: list[ManifestRow], 
         fill_value=-1,
         attributes=per_item,
     )
-    labels[:] = _labels(rows)
+    labels[:] = items.labels
     views = create(layout.view_names, shape=(len(layout.views),), dtype=str, chunks=(len(layout.views),), fill_value="")
     views[:] = np.array(layout.views, dtype=object)
     names = create(layout.label_names, shape=(n_labels,), dtype=str, chunks=(n_labels,), fill_value="")
@@ -116,7 +121,7 @@ def _build_store(folder: Path, layout: DRRStoreLayout, rows: list[ManifestRow], 
     group.attrs.update(
         {
             "provenance": provenance.model_dump(mode="json"),
-            "manifest_rows": rows_record(rows),
+            "manifest_rows": items.record(),
             "layout": layout.model_dump(mode="json"),
             "uint16_mapping": UINT16_NOTE,
         }
@@ -168,7 +173,9 @@ def _describe_diff(old: dict, new: dict, prefix: str) -> str:
     return "; ".join(out)
 
 
-def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provenance: Provenance) -> zarr.Group:
+def open_or_create(
+    cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows: ManifestRows, provenance: Provenance
+) -> zarr.Group:
     path = cfg.out
     refuse_non_folder(path, "a Zarr store")
     if path.exists() and cfg.overwrite:
@@ -191,49 +198,83 @@ def open_or_create(cfg: SimulateDRRConfig, layout: DRRStoreLayout, rows, provena
     return create_store(path, layout, rows, provenance)
 
 
-def rows_record(rows: list[ManifestRow]) -> dict:
-    """``manifest_rows`` attribute: how many rows the store holds and a hash of their content
-    (every field, in order), so a longer manifest can be recognised as the same rows plus more."""
-    return {"n": len(rows), "sha256": rows_sha256(rows)}
+class ManifestRows(Protocol):
+    """The manifest's rows as the store functions read them: a list, or a
+    :class:`pipeline.manifest_index.ManifestIndex` (each iteration is one pass over the file)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[ManifestRow]: ...
 
 
-def rows_sha256(rows: list[ManifestRow]) -> str:
+@dataclass
+class ItemArrays:
+    """What the store holds of the manifest, gathered in one pass over its rows."""
+
+    ids: np.ndarray  # (N,) object (str)
+    labels: np.ndarray  # (N, L) int8, -1 for no label
+    n: int
+    sha256: str  # see rows_sha256
+
+    @classmethod
+    def of(cls, rows: Iterable[ManifestRow]) -> ItemArrays:
+        ids: list[str] = []
+        labels = bytearray()
+        n_labels = N_LABELS
+        digest = hashlib.sha256()
+        for row in rows:
+            ids.append(row.volume_id)
+            n_labels = len(row.labels)
+            labels.extend(255 if x is None else x for x in row.labels)  # 0, 1 or None (validated); 255 reads -1
+            _update_rows_digest(digest, row)
+        n = len(ids)
+        label_array = np.frombuffer(bytes(labels), dtype=np.int8).reshape(n, n_labels if n else N_LABELS)
+        return cls(np.array(ids, dtype=object), label_array, n, digest.hexdigest())
+
+    def record(self) -> dict:
+        """``manifest_rows`` attribute: how many rows the store holds and a hash of their content
+        (every field, in order), so a longer manifest can be recognised as the same rows plus more."""
+        return {"n": self.n, "sha256": self.sha256}
+
+
+def rows_sha256(rows: Iterable[ManifestRow]) -> str:
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps(row.model_dump(mode="json"), sort_keys=True).encode() + b"\n")
+        _update_rows_digest(digest, row)
     return digest.hexdigest()
 
 
-def is_grown(group: zarr.Group, rows: list[ManifestRow]) -> bool:
+def _update_rows_digest(digest, row: ManifestRow) -> None:
+    digest.update(json.dumps(row.model_dump(mode="json"), sort_keys=True).encode() + b"\n")
+
+
+def is_grown(group: zarr.Group, rows: ManifestRows) -> bool:
     """Whether ``rows`` begin with exactly the rows the store was made from (all fields, same
     order), with more appended. Items are identified by position, so only such a manifest
     can continue a store; any other change (rows removed, reordered or edited) is refused."""
     held = group.attrs.get("manifest_rows")
     if not isinstance(held, dict) or len(rows) < held.get("n", len(rows) + 1):
         return False
-    return rows_sha256(rows[: held["n"]]) == held.get("sha256")
+    return rows_sha256(islice(rows, held["n"])) == held.get("sha256")
 
 
-def grow_store(group: zarr.Group, rows: list[ManifestRow], provenance: Provenance) -> None:
+def grow_store(group: zarr.Group, rows: ManifestRows, provenance: Provenance) -> None:
     """Driver only, before any task: append the new rows as pending items. Arrays first, the
     attributes (new manifest hash and row record) last, so a growth killed half-way is redone."""
     n = len(rows)
     for name in ("images", "line_integrals", "status", "errors", "status_snapshot", "ids", "labels"):
         if name in group and group[name].shape[0] != n:
             group[name].resize((n,) + group[name].shape[1:])
-    group["ids"][:] = np.array([r.volume_id for r in rows], dtype=object)
-    group["labels"][:] = _labels(rows)
+    items = ItemArrays.of(rows)
+    group["ids"][:] = items.ids
+    group["labels"][:] = items.labels
     group.attrs.update(
         {
             "provenance": provenance.model_dump(mode="json"),
-            "manifest_rows": rows_record(rows),
+            "manifest_rows": items.record(),
             "layout": dict(group.attrs["layout"], n_items=n),
         }
     )
-
-
-def _labels(rows: list[ManifestRow]) -> np.ndarray:
-    return np.array([[-1 if x is None else x for x in r.labels] for r in rows], dtype=np.int8).reshape(len(rows), -1)
 
 
 def discard_store(path: Path) -> None:
@@ -269,14 +310,37 @@ def _remove_discarded(path: Path) -> None:
 
 def read_status(group: zarr.Group) -> np.ndarray:
     """Every item's status. The per-item chunks are authoritative but slow to read one by one
-    (about 13 s for 50k items), so items the driver's last snapshot already saw done are
-    taken from it (a done item stays done: only --overwrite, which deletes the store, undoes
-    it) and only the others are read from their own chunks."""
+    (about 1 ms each, and reading 50k at once holds over 100 MB of requests), so items the
+    driver's last snapshot already saw done are taken from it (a done item stays done: only
+    --overwrite, which deletes the store, undoes it); of the others only the chunks that exist
+    are read (one listing of the array; a chunk never written is pending), a block at a time."""
     status = np.asarray(group["status_snapshot"][:], dtype=np.uint8)
     unsure = np.flatnonzero(status != ItemStatus.DONE)
     if unsure.size:
-        status[unsure] = np.asarray(group["status"].oindex[unsure], dtype=np.uint8)
+        array = group["status"]
+        written = unsure[np.isin(unsure, written_items(array))]
+        status[unsure] = ItemStatus.PENDING
+        for start in range(0, written.size, STATUS_BLOCK):
+            block = written[start : start + STATUS_BLOCK]
+            status[block] = np.asarray(array.oindex[block], dtype=np.uint8)
     return status
+
+
+STATUS_BLOCK = 2048  # per-item status chunks read at once: bounds the requests held in memory
+
+
+def written_items(array: zarr.Array) -> np.ndarray:
+    """Indices of the items whose chunk of the one-chunk-per-item ``array`` exists in the store."""
+    from zarr.core.sync import collect_aiterator
+
+    prefix = f"{array.path}/"
+    found = []
+    for key in collect_aiterator(array.store_path.store.list_prefix(prefix)):
+        rel = key[len(prefix) :]
+        index = rel.rpartition("/")[2]
+        if index.isdigit() and array.metadata.encode_chunk_key((int(index),)) == rel:
+            found.append(int(index))
+    return np.array(sorted(found), dtype=np.int64)
 
 
 def write_status_snapshot(group: zarr.Group, status: np.ndarray) -> None:
@@ -324,5 +388,5 @@ def failures(group: zarr.Group, status: np.ndarray | None = None) -> list[tuple[
     bad = np.flatnonzero(status == ItemStatus.FAILED)
     if bad.size == 0:
         return []
-    ids, errors = group["ids"], group["errors"]
-    return [(str(ids[i]), str(errors[i])) for i in bad]
+    ids, errors = group["ids"].oindex[bad], group["errors"].oindex[bad]  # one read each, not one per item
+    return [(str(i), str(e)) for i, e in zip(ids, errors, strict=True)]

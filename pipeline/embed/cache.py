@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,11 +247,12 @@ class EmbeddingCache:
         *,
         overwrite: bool = False,
         manifest_sha256: str | None = None,
-        row_sha256: dict[str, str] | None = None,
+        row_sha256: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> EmbeddingCache:
         """Lock the cache, refuse a foreign one, clean up after a crash and fold pending shards in.
 
-        ``row_sha256`` (volume id -> hash of its manifest row): refuse, before anything is written,
+        ``row_sha256`` (volume id -> hash of its manifest row, a mapping or (id, hash) pairs, read once):
+        refuse, before anything is written,
         a manifest whose rows changed since their ids were embedded (:meth:`changed_rows`).
 
         Does not create the file: if :attr:`exists` is False, call :meth:`create` with the header.
@@ -267,7 +269,9 @@ class EmbeddingCache:
             raise
         return cache
 
-    def _prepare(self, overwrite: bool, manifest_sha256: str | None, row_sha256: dict[str, str]) -> None:
+    def _prepare(
+        self, overwrite: bool, manifest_sha256: str | None, row_sha256: Mapping[str, str] | Iterable[tuple[str, str]]
+    ) -> None:
         remove_temporaries(self.path)  # an interrupted create or merge
         self.shards.remove_leftovers()
         if overwrite and self.path.exists():
@@ -321,7 +325,7 @@ class EmbeddingCache:
         """Ids with a committed row (in the file or in a pending shard)."""
         return self._file_ids | {i for r in self._pending for i in r.ids}
 
-    def _refuse_changed(self, row_sha256: dict[str, str]) -> None:
+    def _refuse_changed(self, row_sha256: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
         changed = self.changed_rows(row_sha256)
         if changed:
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
@@ -331,13 +335,15 @@ class EmbeddingCache:
                 "or pass --overwrite to embed everything again."
             )
 
-    def changed_rows(self, expected: dict[str, str]) -> list[str]:
-        """Ids whose committed row was made from a manifest row other than ``expected`` (id -> row hash):
-        the same id now points at another file, report, spacing, ... Rows without a recorded hash pass."""
+    def changed_rows(self, expected: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[str]:
+        """Ids whose committed row was made from a manifest row other than ``expected`` (id -> row hash,
+        a mapping or pairs): the same id now points at another file, report, spacing, ... Rows without a
+        recorded hash pass."""
         held = dict(self._file_row_sha256)
         for r in self._pending:
             held.update(zip(r.ids, r.row_sha256))
-        return [vid for vid, h in expected.items() if held.get(vid) and held[vid] != h]
+        pairs = expected.items() if isinstance(expected, Mapping) else expected
+        return [vid for vid, h in pairs if held.get(vid) and held[vid] != h]
 
     @property
     def n_pending(self) -> int:

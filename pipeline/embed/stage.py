@@ -10,9 +10,11 @@ volumes that need them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Container, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,10 +26,11 @@ from pipeline.embed.errors import EmbedError, TooManyFailures
 from pipeline.embed.model import ModelSpec, prompt_latents
 from pipeline.embed.shards import Rows
 from pipeline.embed.work import decode_volume, embed_batch, labels_u8, load_kwargs_of
+from pipeline.manifest_index import ManifestIndex
 from pipeline.runtime import RunSummary, log_path, log_to_file
 from pipeline.task_driver import TaskDriver
 from schemas.embed import EmbedConfig, EmbedIdentity, embed_row_sha256
-from schemas.manifest import ManifestRow, manifest_sha256, read_manifest, storable_line
+from schemas.manifest import ManifestRow, manifest_sha256, storable_line
 from schemas.provenance import Provenance
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ def _new_extras() -> dict:
         "model_ct_s": 0.0,  # summed over batches
         "model_text_s": 0.0,
         "texts_embedded": 0,  # distinct reports embedded
+        "report_latents_held_max": 0,  # the most report latents the driver held at once
         "dashboard": None,
     }
 
@@ -89,12 +93,37 @@ def spec_shape(model: str) -> tuple[int, int, int]:
     return x, y, z
 
 
-def scan_order(rows: list[ManifestRow]) -> list[ManifestRow]:
-    """Rows grouped by scan (first appearance order), so a scan's reconstructions meet in one batch."""
+def scan_order(rows: Iterable[ManifestRow], skip: Container[str] = ()) -> np.ndarray:
+    """Positions of the rows whose volume id is not in ``skip``, grouped by scan (first appearance
+    order, manifest order within a scan), so a scan's reconstructions meet in one batch. One pass;
+    8 bytes a row are kept (the scan names only while the pass runs)."""
     first: dict[str, int] = {}
+    keys, positions = array("q"), array("q")
     for i, r in enumerate(rows):
-        first.setdefault(r.scan_id, i)
-    return sorted(rows, key=lambda r: first[r.scan_id])
+        key = first.setdefault(r.scan_id, i)
+        if r.volume_id not in skip:
+            keys.append(key)
+            positions.append(i)
+    order = np.argsort(np.frombuffer(keys, dtype=np.int64), kind="stable")
+    return np.frombuffer(positions, dtype=np.int64)[order]
+
+
+def report_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+def report_uses(rows: ManifestIndex, todo: np.ndarray, text: Callable[[ManifestRow], str]) -> dict[bytes, int]:
+    """How many rows of ``todo`` (positions in ``rows``) use each report (by an 8-byte key of its
+    cleaned text): one pass over the manifest. Lets the driver drop a report's latent after its
+    last row instead of holding every report's latent for the whole run."""
+    wanted = np.zeros(len(rows), dtype=bool)
+    wanted[todo] = True
+    uses: dict[bytes, int] = {}
+    for i, row in enumerate(rows):
+        if wanted[i]:
+            key = report_key(text(row))
+            uses[key] = uses.get(key, 0) + 1
+    return uses
 
 
 def run_embed(cfg: EmbedConfig, on_commit: Callable[[int], None] | None = None) -> RunSummary:
@@ -129,7 +158,7 @@ def _embed(
     from pipeline.ctclip.text import report_text
     from pipeline.embed.backends import make_backend
 
-    rows = read_manifest(cfg.manifest)
+    rows = ManifestIndex(cfg.manifest)  # validates every row; 16 bytes a row are held, rows are read when wanted
     m_sha = manifest_sha256(cfg.manifest)
     n_gpus = 0 if cfg.scheduler else local_gpus(cfg.device)  # a remote cluster's model workers decide for themselves
     identity = make_identity(cfg)
@@ -141,17 +170,18 @@ def _embed(
         precision=cfg.precision,
         threads=cfg.model_threads,
     )
-    row_hashes = {r.volume_id: embed_row_sha256(r) for r in rows}  # changed rows are refused, naming them
+    row_hashes = ((r.volume_id, embed_row_sha256(r)) for r in rows)  # changed rows are refused, naming them
     with EmbeddingCache.open(
         cfg.out, identity, overwrite=cfg.overwrite, manifest_sha256=m_sha, row_sha256=row_hashes
     ) as cache:
         log_file.enter_context(log_to_file(log_path(cfg.out)))  # the cache is locked and accepted
         cache.merge_fraction, cache.merge_min_rows = cfg.merge_fraction, cfg.merge_min_rows
         done = cache.done_ids()
-        todo = [r for r in scan_order(rows) if r.volume_id not in done]
+        todo = scan_order(rows, skip=done)
+        del done
         summary = RunSummary(total=len(rows), done_before=len(rows) - len(todo), extras=_new_extras())
         log.info("%s: %d/%d done before this run, %d to embed", cfg.out, summary.done_before, len(rows), len(todo))
-        if not todo and cache.exists:
+        if not todo.size and cache.exists:
             summary.wall_s = time.perf_counter() - t_start
             return summary  # nothing to do: no cluster, no model
         backend = make_backend(cfg.workers, cfg.scheduler, n_gpus, cfg.model_threads)
@@ -171,10 +201,11 @@ def _embed(
                     checkpoint_sha256=identity.checkpoint_sha256,
                 )
                 cache.create(CacheHeader(identity=identity, provenance=prov, temperature=temperature, prompts=prompts))
-            if todo:
+            if todo.size:
                 t_work = time.perf_counter()
                 driver = TaskDriver("embed-ct", len(todo), cfg.max_failures, progress=cfg.progress)
-                runner = _Runner(cfg, backend, cache, spec, summary, driver, report_text, on_commit, todo)
+                uses = report_uses(rows, todo, lambda r: report_text(r.findings, r.impressions))
+                runner = _Runner(cfg, backend, cache, spec, summary, driver, report_text, on_commit, rows, todo, uses)
                 try:
                     driver.run(runner)
                 finally:
@@ -198,10 +229,23 @@ class _Runner:
     """embed-ct's tasks for the shared :class:`TaskDriver`: decodes and the model batches they are grouped
     into stay in flight up to the prefetch; finished rows are committed in order of completion."""
 
-    def __init__(self, cfg, backend, cache, spec, summary, driver, report_text, on_commit, todo: list[ManifestRow]):
+    def __init__(
+        self,
+        cfg,
+        backend,
+        cache,
+        spec,
+        summary,
+        driver,
+        report_text,
+        on_commit,
+        rows: ManifestIndex,
+        todo: np.ndarray,
+        report_uses: dict[bytes, int],
+    ):
         self.cfg, self.backend, self.cache, self.spec, self.summary = cfg, backend, cache, spec, summary
         self.driver, self.on_commit, self.manifest_dir = driver, on_commit, Path(cfg.manifest).parent
-        self.queue = list(reversed(todo))
+        self.rows, self.todo, self.next = rows, todo, 0  # todo[next:] are still to decode; rows are read then
         self._report_text = report_text
         per_batch = cfg.batch_size * backend.n_model
         volume_bytes = 4 * np.prod(spec_shape(cfg.model))
@@ -213,7 +257,8 @@ class _Runner:
         self.decoding: dict = {}  # handle -> row
         self.ready: list = []  # (row, handle) decoded, waiting for a batch
         self.batches: dict = {}  # handle -> (rows, texts it embeds)
-        self.text_latents: dict[str, np.ndarray] = {}
+        self.text_latents: dict[str, np.ndarray] = {}  # reports a row still to finish uses (see _row_finished)
+        self.report_uses = report_uses  # report key -> rows still to finish that use it
         self.texts_in_flight: set[str] = set()  # carried by a running model task
         self.texts_retried: set[str] = set()
         self.text_errors: dict[str, str] = {}
@@ -223,11 +268,14 @@ class _Runner:
 
     # ---- the driver's side (TaskSource) -----------------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.queue or self.decoding or self.ready or self.batches)
+        return bool(self._queued() or self.decoding or self.ready or self.batches)
+
+    def _queued(self) -> int:
+        return len(self.todo) - self.next
 
     def refill(self) -> None:
         self._top_up()
-        self._submit_batches(final=not self.queue and not self.decoding)
+        self._submit_batches(final=not self._queued() and not self.decoding)
 
     def in_flight(self) -> list:
         return list(self.decoding) + list(self.batches)
@@ -250,10 +298,11 @@ class _Runner:
         return len(self.decoding) + len(self.ready) + sum(len(r) for r, _ in self.batches.values())
 
     def _top_up(self) -> None:
-        while self.queue and self._in_flight() < self.prefetch and not self.driver.stopped_early:
-            row = self.queue.pop()
+        while self._queued() and self._in_flight() < self.prefetch and not self.driver.stopped_early:
+            row = self.rows.row(int(self.todo[self.next]))
+            self.next += 1
             if not self.text(row).strip():
-                self._fail(row.volume_id, "empty report (no findings or impressions in the manifest)")
+                self._fail(row, "empty report (no findings or impressions in the manifest)")
                 continue
             path, kwargs = load_kwargs_of(row, self.manifest_dir)
             h = self.backend.decode(
@@ -285,23 +334,25 @@ class _Runner:
             if err is None:
                 self.ready.append((row, h))
             else:
-                self._fail(row.volume_id, _reason(err))
+                self._fail(row, _reason(err))
             return
         rows, texts = self.batches.pop(h)  # dropping the decode handles lets Dask free the volumes
         self.texts_in_flight.difference_update(texts)
         err = self.backend.error(h)
         if err is not None:
             for r in rows:
-                self._fail(r.volume_id, f"model task failed: {_reason(err)}")
+                self._fail(r, f"model task failed: {_reason(err)}")
             self._texts_lost(texts, _reason(err))
             return
         result = self.backend.result(h)
         self._record_timings(result)
         self.text_latents.update(result.texts)
+        extras = self.summary.extras
+        extras["report_latents_held_max"] = max(extras["report_latents_held_max"], len(self.text_latents))
         self.text_errors.update(result.text_errors)
         for r in rows:
             if r.volume_id in result.errors:
-                self._fail(r.volume_id, result.errors[r.volume_id])
+                self._fail(r, result.errors[r.volume_id])
             elif r.volume_id in result.ct:
                 self.waiting.append((r, result.ct[r.volume_id]))
         self._complete_waiting()
@@ -335,6 +386,8 @@ class _Runner:
         )
         self.buffered += len(done)
         self.driver.succeeded(len(done))
+        for r, _ in done:
+            self._row_finished(r)
 
     def _texts_lost(self, texts: list[str], reason: str) -> None:
         """A failed task's texts: embed them once more (a text-only task) if other rows need them."""
@@ -360,13 +413,26 @@ class _Runner:
 
         for r, _ in self.waiting:
             if stuck(r):
-                self._fail(r.volume_id, f"report embedding failed: {self.text_errors.get(self.text(r), 'unknown')}")
+                self._fail(r, f"report embedding failed: {self.text_errors.get(self.text(r), 'unknown')}")
         self.waiting = [(r, z) for r, z in self.waiting if not stuck(r)]
 
-    def _fail(self, volume_id: str, reason: str) -> None:
+    def _fail(self, row: ManifestRow, reason: str) -> None:
         reason = storable_line(reason)[:2000]
-        self.buffer.append(Rows(failed_ids=[volume_id], failed_reasons=[reason]))
-        self.driver.failed(volume_id, reason)
+        self.buffer.append(Rows(failed_ids=[row.volume_id], failed_reasons=[reason]))
+        self.driver.failed(row.volume_id, reason)
+        self._row_finished(row)
+
+    def _row_finished(self, row: ManifestRow) -> None:
+        """One row is committed or failed: its report's latent is dropped once no row still to finish
+        uses it (the latents held stay bounded by what is in flight, not by the reports seen so far)."""
+        text = self.text(row)
+        key = report_key(text)
+        left = self.report_uses.get(key, 0) - 1
+        if left > 0:
+            self.report_uses[key] = left
+        else:
+            self.report_uses.pop(key, None)
+            self.text_latents.pop(text, None)
 
     def commit(self, force: bool = False) -> None:
         """Make the buffered rows durable once ``commit_every`` are there (``force``: now)."""

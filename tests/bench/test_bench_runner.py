@@ -75,3 +75,10 @@ def test_ct_rate_projection_by_hand():
     assert abs(embed["hours"] - 50188 * 28 / 512 / 3600) < 1e-9
     run["jobs"]["embed"]["result"]["model"] = "tiny"  # a tiny model says nothing about CT-RATE
     assert project_ct_rate(run) is None
+
+
+def test_shown_command_is_relative_to_the_repository_of_any_checkout():
+    from bench.__main__ import ROOT, shown_command
+
+    argv = ["/venv/bin/python", "/elsewhere/wt/bench/bench/bench_x.py", "--out", f"{ROOT}/out/a", "--n", "3"]
+    assert shown_command(argv) == "python bench/bench_x.py --out out/a --n 3"

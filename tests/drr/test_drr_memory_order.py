@@ -1,5 +1,7 @@
 """The projector follows the volume's memory order (no copy to C order), with the same result."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -42,3 +44,19 @@ def test_unflipped_is_a_view_at_the_same_world_positions():
         j = np.nonzero(fwd == hu[idx])
         new_idx = np.array([j[0][0], j[1][0], j[2][0], 1.0])
         np.testing.assert_allclose(new_affine @ new_idx, affine @ np.array([*idx, 1.0]))
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_staged_slab_copy_equals_the_plain_copy(order):
+    """The slab copy through the staging buffer (used when V is not the nearest axis in memory)
+    gives exactly the slab, whatever the volume's memory order and a short last slab."""
+    from pipeline.drr.projector import _copy_slab
+
+    base = torch.arange(40 * 7 * 33, dtype=torch.float32).reshape(40, 7, 33)
+    vol = base.permute(*order).contiguous().permute(*np.argsort(order).tolist())  # same values, other memory order
+    assert torch.equal(vol, base)
+    stage = torch.empty(40 * 33 * 5)
+    for n0, b in ((0, 5), (5, 2)):
+        dst = torch.zeros(b, 40, 35)[:, :, 1:34]
+        _copy_slab(dst, vol[:, n0 : n0 + b], stage)
+        assert torch.equal(dst, base[:, n0 : n0 + b].permute(1, 0, 2))

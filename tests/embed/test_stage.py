@@ -292,3 +292,16 @@ def test_a_volume_that_breaks_the_batch_fails_alone(inputs):
     model = load_ctclip(inputs.checkpoint, "tiny")
     np.testing.assert_allclose(result.ct["ok"], model.encode_ct(torch.from_numpy(good)[None])[0].numpy(), atol=1e-5)
     assert set(result.texts) == {"there is no nodule."}
+
+
+def test_report_latents_are_dropped_after_their_last_row(inputs, reference, tmp_path):
+    """A report's latent is held only while a row that uses it is unfinished: of the four reports
+    (scans 0 and 4 share one, 3 scans apart) at most two are held at once, in the reference run and
+    with one volume in flight (a driver keeping every latent holds all four by the end); each report
+    is still embedded once and the rows equal the reference's."""
+    out = tmp_path / "small.h5"
+    summary = run_embed(config(inputs, out, batch_size=1, prefetch=1))
+    for run in (summary, reference[0]):
+        assert run.extras["texts_embedded"] == 4
+        assert run.extras["report_latents_held_max"] <= 2
+    assert_same_rows(load_embeddings(out), reference[1])

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.embed.reader import load_embeddings
-from schemas.train import TrainConfig
 from tests.helpers.chain import invoke
 from tests.helpers.radiographs import chest_like, write_dicom, write_png
+from tests.helpers.train_run import NO_AUGMENT, tiny_train_config
 from trainer.evaluation.zeroshot import zero_shot_probabilities
 from trainer.train import train
 
@@ -24,22 +24,7 @@ def run_dir(chain, tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run") / "run"
-    cfg = TrainConfig.model_validate(
-        dict(
-            drr=chain.drr["train"],
-            embeddings=chain.embeddings["train"],
-            out=out,
-            encoder="tiny",
-            batch_size=7,
-            max_steps=12,
-            epochs=100,
-            lr=2e-3,
-            workers=0,
-            progress=False,
-            checkpoint_every=6,
-            augment={"clahe_p": 0.0, "crop_scale": (1.0, 1.0), "brightness": 0.0, "contrast": 0.0},
-        )  # fmt: skip
-    )
+    cfg = tiny_train_config(chain, out, max_steps=12, lr=2e-3, checkpoint_every=6, augment=NO_AUGMENT)
     train(cfg)
     yield out
     torch.set_num_threads(before)

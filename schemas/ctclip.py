@@ -107,7 +107,14 @@ class CTCLIPPreprocessConfig(BaseModel):
     )
     hu_min: float = -1000.0
     hu_max: float = 1000.0
-    hu_scale: float = Field(default=1000.0, gt=0, description="Clipped HU are divided by this.")
+    hu_center: float = Field(
+        default=0.0,
+        description="HU subtracted before scaling: value = (clip(HU) - hu_center) / hu_scale. The official model "
+        "uses 0 (water 0, air -1). The patch embedding's LayerNorm ignores the length of a patch's feature vector, "
+        "so the density of a nearly uniform patch survives only through its offset from this centre "
+        "(docs/teacher.md): centring on lung tissue lets lung density (emphysema, ground glass) through.",
+    )
+    hu_scale: float = Field(default=1000.0, gt=0, description="Clipped, centred HU are divided by this.")
     pad_value: float = Field(default=-1.0, description="Value of padded voxels (after scaling).")
 
     @field_validator("orientation")

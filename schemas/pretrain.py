@@ -9,6 +9,7 @@ preprocessed CT inputs, made once) and ``export/`` (the model as embed-ct loads 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -45,6 +46,12 @@ class PretrainConfig(StageConfig):
         description="Epochs at the start where each tower is trained (InfoNCE) towards fixed anchors instead of "
         "the other tower: per report, the IDF-weighted sum of fixed random vectors of its sentences. Both towers "
         "start nearly constant and joint training stays at that saddle; anchors are distinct from the first step.",
+    )
+    anchor_units: Literal["sentence", "word"] = Field(
+        default="sentence",
+        description="What the anchors are built from: whole sentences (each distinct sentence its own random "
+        "vector), or the token unigrams and bigrams of the sentences, so that phrasings of one finding share "
+        "the vectors of its words.",
     )
     temperature_init: float = Field(default=2.659, description="Initial log logit scale (CLIP's log(1/0.07)).")
     max_logit_scale: float = Field(default=100.0, gt=0, description="The logit scale is clamped to this.")

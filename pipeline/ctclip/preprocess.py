@@ -75,6 +75,8 @@ def preprocess_array(hu: np.ndarray, spacing, cfg: CTCLIPPreprocessConfig) -> to
         zxy = x.permute(2, 0, 1)[None, None]  # interpolate works on (N, C, D, H, W); the order does not matter
         zxy = F.interpolate(zxy, size=(size[2], size[0], size[1]), mode="trilinear", align_corners=False)
         x = zxy[0, 0].permute(1, 2, 0)
+    if cfg.hu_center:  # official configs: 0, and the division alone, as the official loader computes it
+        x = x - cfg.hu_center
     x = x / cfg.hu_scale
     x = crop_or_pad(x, cfg.shape, cfg.pad_value)
     return x.permute(2, 0, 1).unsqueeze(0).contiguous()

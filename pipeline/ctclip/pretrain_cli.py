@@ -28,6 +28,9 @@ def pretrain_ctclip(
     anchor_epochs: int | None = typer.Option(
         None, help="Epochs each tower first learns towards fixed per-report anchors (default: 4)."
     ),
+    anchor_units: str | None = typer.Option(
+        None, help="Anchors from whole 'sentence's or from 'word' unigrams and bigrams (default: sentence)."
+    ),
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints (default: 200)."),
     seed: int | None = typer.Option(None, help="Random seed (default: 0)."),
     threads: int | None = typer.Option(None, help="torch threads (default: torch's)."),
@@ -52,6 +55,7 @@ def pretrain_ctclip(
             "lr": lr,
             "report_subset_prob": report_subset_prob,
             "anchor_epochs": anchor_epochs,
+            "anchor_units": anchor_units,
             "checkpoint_every": checkpoint_every,
             "seed": seed,
             "threads": threads,

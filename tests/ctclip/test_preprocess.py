@@ -33,6 +33,18 @@ def test_clip_scale_crop_pad_and_axis_order_by_hand():
     assert torch.equal(out, expected)
 
 
+def test_hu_center_shifts_before_scaling_by_hand():
+    hu = np.array([-3000.0, -850.0, -950.0, 0.0, 1500.0], np.float32).reshape(5, 1, 1)
+    cfg = CTCLIPPreprocessConfig(
+        spacing_mm=(1.0, 1.0, 1.0), shape=(5, 1, 3), hu_center=-850.0, hu_scale=1000.0, pad_value=-0.15
+    )
+    out = preprocess_array(hu, (1.0, 1.0, 1.0), cfg)
+    # clip to [-1000, 1000], minus the centre, / 1000; z padded 1 before and 1 after with pad_value
+    expected = torch.tensor([-0.15, 0.0, -0.1, 0.85, 1.85])
+    assert torch.allclose(out[0, 1, :, 0], expected, atol=1e-6)
+    assert torch.all(out[0, 0] == -0.15) and torch.all(out[0, 2] == -0.15)
+
+
 def test_trilinear_resampling_by_hand():
     # a ramp along x at 0.5 mm becomes 1 mm: 4 voxels -> int(4 * 0.5) = 2, each the mean of a pair
     # (align_corners=False: output i samples input position 2i + 0.5)

@@ -149,3 +149,54 @@ def test_sentence_anchors_weigh_sentences_by_rarity():
     assert np.allclose(z[0], z[1])  # same sentences, same anchor
     assert not np.allclose(z[0], z[2])
     assert np.allclose(z[3], 0.0)  # only the sentence every report has: weight log(1) = 0
+
+
+def test_word_anchors_bring_phrasings_of_one_finding_together():
+    import numpy as np
+
+    from trainer.teacher.pretrain import sentence_anchors, word_anchors
+
+    # token ids: 1 "there", 2 "is", 3 "emphysema", 4 "seen", 5 "changes", 6 "effusion", 7 "no", 8 "heart", 9 "normal"
+    common = [8, 2, 9]
+    rows = [
+        [common, [1, 2, 3]],  # "there is emphysema"
+        [common, [3, 5, 4]],  # "emphysema changes seen": another phrasing, no sentence in common
+        [common, [1, 2, 6]],  # "there is effusion"
+        [common, [7, 6]],  # "no effusion"
+        [common],
+    ]
+    n = len(rows)
+    pairs = tdata.PairSet(
+        ids=[str(i) for i in range(n)],
+        scan_ids=[str(i) for i in range(n)],
+        patient_ids=[str(i) for i in range(n)],
+        volumes=np.zeros((n, 1, 1, 1, 1), np.float16),
+        sentences=rows,
+        labels=np.zeros((n, 18), np.uint8),
+        failures={},
+    )
+    dim = 4096  # random vectors of this size are nearly orthogonal: cosines are the shared IDF mass
+    s, w = sentence_anchors(pairs, dim, seed=0), word_anchors(pairs, dim, seed=0)
+
+    # By hand: each row's weights over its unigrams and bigrams, idf = ln(5 reports / reports holding it).
+    def weights(row):
+        grams = {(t,) for sent in row for t in sent} | {g for sent in row for g in zip(sent, sent[1:])}
+        return grams
+
+    grams = [weights(r) for r in rows]
+    idf = {g: np.log(n / sum(g in other for other in grams)) for g in set().union(*grams)}
+    expected = np.array(
+        [
+            [
+                sum(idf[g] ** 2 for g in a & b)
+                / np.sqrt(sum(idf[g] ** 2 for g in a) * sum(idf[g] ** 2 for g in b) or 1)
+                for b in grams
+            ]
+            for a in grams
+        ]
+    )
+    assert np.allclose(w @ w.T, expected, atol=0.06)
+    assert expected[0, 1] > 0.1  # the two phrasings share "emphysema" ...
+    assert abs(s[0] @ s[1]) < 0.05  # ... which whole-sentence anchors do not see
+    assert np.allclose(w[4], 0.0)  # only what every report says: weight 0
+    assert np.allclose(np.linalg.norm(w[:4], axis=1), 1.0)

@@ -84,23 +84,45 @@ def info_nce(ct: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def sentence_anchors(pairs: tdata.PairSet, dim: int, seed: int) -> np.ndarray:
-    """(N, dim) unit anchors: per row, the sum of a fixed random unit vector per distinct sentence, weighted by
-    the sentence's inverse document frequency over reports (sentences every report has weigh ~0)."""
-    keys = [[tuple(s) for s in row] for row in pairs.sentences]
-    reports = {tuple(k) for k in keys}
-    df: dict[tuple, int] = {}
+def _idf_anchors(units: list[set], dim: int, seed: int) -> np.ndarray:
+    """(N, dim) unit vectors: per row, the sum of a fixed random vector per unit (sentence or n-gram) it holds,
+    weighted by the unit's inverse document frequency over the distinct reports (a unit every report has
+    weighs nothing). Rows with equal units get equal anchors."""
+    reports = {frozenset(u) for u in units}
+    df: dict = {}
     for rep in reports:
-        for s in set(rep):
-            df[s] = df.get(s, 0) + 1
+        for u in rep:
+            df[u] = df.get(u, 0) + 1
     rng = np.random.default_rng([seed, 7])
-    vec = {s: rng.standard_normal(dim) for s in sorted(df)}
-    out = np.zeros((len(keys), dim))
-    for i, row in enumerate(keys):
-        for s in set(row):
-            out[i] += np.log(len(reports) / df[s]) * vec[s] / np.sqrt(dim)
+    vec = {u: rng.standard_normal(dim) for u in sorted(df)}
+    out = np.zeros((len(units), dim))
+    for i, row in enumerate(units):
+        for u in row:
+            out[i] += np.log(len(reports) / df[u]) * vec[u] / np.sqrt(dim)
     norm = np.linalg.norm(out, axis=1, keepdims=True)
     return (out / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def sentence_anchors(pairs: tdata.PairSet, dim: int, seed: int) -> np.ndarray:
+    """Anchors from whole sentences: two phrasings of one finding start unrelated."""
+    return _idf_anchors([{tuple(s) for s in row} for row in pairs.sentences], dim, seed)
+
+
+def word_anchors(pairs: tdata.PairSet, dim: int, seed: int) -> np.ndarray:
+    """Anchors from the token unigrams and bigrams of each sentence (a random projection of the report's binary
+    TF-IDF): phrasings of one finding share its words ("emphysema"), so they start close; bigrams keep
+    "no effusion" apart from "effusion"."""
+    units = []
+    for row in pairs.sentences:
+        grams: set = set()
+        for s in row:
+            grams.update((t,) for t in s)
+            grams.update(zip(s, s[1:]))
+        units.append(grams)
+    return _idf_anchors(units, dim, seed)
+
+
+ANCHORS = {"sentence": sentence_anchors, "word": word_anchors}
 
 
 class Trainer:
@@ -158,7 +180,9 @@ class Trainer:
         self.step = self.epoch = self.epoch_step = 0
         self.best: dict | None = None
         self.prompts = prompt_sets()
-        self.anchors = sentence_anchors(self.train, self.model_cfg.dim_latent, cfg.seed) if cfg.anchor_epochs else None
+        self.anchors = (
+            ANCHORS[cfg.anchor_units](self.train, self.model_cfg.dim_latent, cfg.seed) if cfg.anchor_epochs else None
+        )
 
     # --- state -------------------------------------------------------------------------------------------
     def state(self) -> dict:

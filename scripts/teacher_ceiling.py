@@ -116,6 +116,12 @@ def main() -> None:
     ap.add_argument("--tokenizer", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True, help="folder for the preprocessed volumes")
     ap.add_argument("--model", default="small")
+    ap.add_argument(
+        "--hu-center",
+        type=float,
+        default=None,
+        help="override the config's preprocess.hu_center (HU; the padding follows as air): 0 is the official centre",
+    )
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -129,12 +135,23 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    model = args.model
+    if args.hu_center is not None:  # a copy of the config with another centre, written beside the volumes
+        from pipeline.ctclip.config import get_config
+
+        base = get_config(args.model).model_dump(mode="json")
+        pre = base["preprocess"]
+        pre["hu_center"] = args.hu_center
+        pre["pad_value"] = (pre["hu_min"] - args.hu_center) / pre["hu_scale"]
+        args.work.mkdir(parents=True, exist_ok=True)
+        model = str(args.work / "model_config.json")
+        Path(model).write_text(json.dumps(base, indent=2))
     cfg = PretrainConfig(
         manifest=args.manifest,
         valid_manifest=args.valid_manifest,
         tokenizer=args.tokenizer,
         out=args.work,
-        model=args.model,
+        model=model,
         progress=False,
     )
     trainer = Trainer(cfg)  # the model, the quantiser in training mode, the preprocessed volumes
@@ -148,6 +165,7 @@ def main() -> None:
     results["ctvit_supervised"] = history[-1]
     report = {
         "model": args.model,
+        "hu_center": trainer.model_cfg.preprocess.hu_center,
         "epochs": args.epochs,
         "train_volumes": len(trainer.train),
         "valid_volumes": len(trainer.valid),

@@ -115,6 +115,18 @@ class CTCLIPPreprocessConfig(BaseModel):
         "(docs/teacher.md): centring on lung tissue lets lung density (emphysema, ground glass) through.",
     )
     hu_scale: float = Field(default=1000.0, gt=0, description="Clipped, centred HU are divided by this.")
+    channel_centers: tuple[float, ...] | None = Field(
+        default=None,
+        description="Several intensity centres (HU), one input channel each: channel k is "
+        "(clip(HU) - channel_centers[k]) / hu_scale, padded with air at that centre; hu_center and pad_value "
+        "then do not apply, and visual.channels must equal their number. Each centre keeps the density of the "
+        "tissue near it (docs/teacher.md): e.g. (-850, 0) for lung and for mediastinum and metal.",
+    )
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_centers) if self.channel_centers else 1
+
     pad_value: float = Field(default=-1.0, description="Value of padded voxels (after scaling).")
 
     @field_validator("orientation")
@@ -145,6 +157,11 @@ class CTCLIPConfig(BaseModel):
     def _check_shapes_agree(self):
         x, y, z = self.preprocess.shape
         v = self.visual
+        if self.preprocess.n_channels != v.channels:
+            raise ValueError(
+                f"preprocess makes {self.preprocess.n_channels} channel(s) (channel_centers "
+                f"{self.preprocess.channel_centers}) but visual.channels is {v.channels}; make them equal"
+            )
         if (x, y, z) != (v.image_size, v.image_size, v.num_slices):
             raise ValueError(
                 f"preprocess.shape {self.preprocess.shape} must equal (image_size, image_size, num_slices) = "

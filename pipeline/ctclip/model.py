@@ -89,7 +89,7 @@ class CTCLIP(nn.Module):
         return F.normalize(F.linear(pooled.to(w.dtype), w).float(), dim=-1)
 
     def encode_ct(self, volume: torch.Tensor, precision: Precision | None = None) -> torch.Tensor:
-        """volume (B, 1, D, H, W) as made by ``preprocess_ct`` -> L2-normalised latents (B, dim_latent).
+        """volume (B, C, D, H, W) as made by ``preprocess_ct`` -> L2-normalised latents (B, dim_latent).
 
         ``precision`` overrides the config's: 'fp32' (matches the official code) or
         'bf16' (autocast; the quantiser and the projection stay fp32).

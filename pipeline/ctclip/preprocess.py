@@ -61,7 +61,8 @@ def crop_or_pad(x: torch.Tensor, target, value: float) -> torch.Tensor:
 
 
 def preprocess_array(hu: np.ndarray, spacing, cfg: CTCLIPPreprocessConfig) -> torch.Tensor:
-    """HU array (x, y, z) with voxel spacing (mm, same order) -> float32 tensor (1, z, x, y)."""
+    """HU array (x, y, z) with voxel spacing (mm, same order) -> float32 tensor (C, z, x, y): one channel, or
+    one per ``channel_centers``."""
     if hu.ndim != 3:
         raise ValueError(f"expected a 3-D HU array (x, y, z), got shape {hu.shape}")
     if len(spacing) != 3 or not all(s > 0 for s in spacing):
@@ -75,6 +76,10 @@ def preprocess_array(hu: np.ndarray, spacing, cfg: CTCLIPPreprocessConfig) -> to
         zxy = x.permute(2, 0, 1)[None, None]  # interpolate works on (N, C, D, H, W); the order does not matter
         zxy = F.interpolate(zxy, size=(size[2], size[0], size[1]), mode="trilinear", align_corners=False)
         x = zxy[0, 0].permute(1, 2, 0)
+    if cfg.channel_centers:  # one channel per centre, each padded with air as that channel sees it
+        x = crop_or_pad(x, cfg.shape, cfg.hu_min)
+        zxy = x.permute(2, 0, 1)
+        return torch.stack([(zxy - c) / cfg.hu_scale for c in cfg.channel_centers]).contiguous()
     if cfg.hu_center:  # official configs: 0, and the division alone, as the official loader computes it
         x = x - cfg.hu_center
     x = x / cfg.hu_scale
@@ -109,7 +114,7 @@ def csv_spacing_or_header(header, csv, rel_tol: float = 1e-3) -> tuple[float, ..
 
 
 def preprocess_ct(volume, cfg: CTCLIPConfig, csv_spacing=None) -> torch.Tensor:
-    """A :class:`pipeline.ct_io.CTVolume` (HU, LPS voxel order) -> tensor (1, D, H, W) for ``encode_ct``.
+    """A :class:`pipeline.ct_io.CTVolume` (HU, LPS voxel order) -> tensor (C, D, H, W) for ``encode_ct``.
 
     ``csv_spacing``: the manifest row's spacing (mm along the volume's LPS axes), used instead of the
     header's when they agree (see the module docstring). Add the batch axis (``[None]``) or stack

@@ -53,7 +53,7 @@ class LoadedModel:
         self.tokenizer = load_tokenizer(spec.tokenizer, vocab_size=self.model.cfg.text.vocab_size)
 
     def encode_volumes(self, volumes: list[np.ndarray]) -> np.ndarray:
-        """(1, D, H, W) float32 arrays from ``preprocess_ct`` -> (B, 512) float32 latents."""
+        """(C, D, H, W) float32 arrays from ``preprocess_ct`` -> (B, 512) float32 latents."""
         import torch
 
         x = torch.from_numpy(np.stack(volumes)).to(self.device, non_blocking=True)

@@ -20,7 +20,7 @@ class ItemFailed(Exception):
 @dataclass
 class DecodedVolume:
     volume_id: str
-    array: np.ndarray  # (1, D, H, W) float32, the model's input
+    array: np.ndarray  # (C, D, H, W) float32, the model's input
     load_s: float  # reading and decoding the file into HU
     preprocess_s: float  # resampling, clipping, crop/pad
 

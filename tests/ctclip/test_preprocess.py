@@ -124,3 +124,29 @@ def test_csv_spacing_decides_truncation_like_the_official_loader():
     # A CSV that does not describe these axes (another order, another volume) is not used.
     assert csv_spacing_or_header((0.75, 0.75, 1.5), (1.5, 0.75, 0.75)) == (0.75, 0.75, 1.5)
     assert csv_spacing_or_header((0.75, 0.75, 1.5), None) == (0.75, 0.75, 1.5)
+
+
+def test_channel_centers_give_one_channel_per_centre_by_hand():
+    hu = np.array([-3000.0, -850.0, -950.0, 0.0, 1500.0], np.float32).reshape(5, 1, 1)
+    cfg = CTCLIPPreprocessConfig(
+        spacing_mm=(1.0, 1.0, 1.0), shape=(5, 1, 3), channel_centers=(-850.0, 0.0), hu_scale=1000.0
+    )
+    out = preprocess_array(hu, (1.0, 1.0, 1.0), cfg)
+    assert out.shape == (2, 3, 5, 1)  # (C, z, x, y)
+    lung = torch.tensor([-0.15, 0.0, -0.1, 0.85, 1.85])
+    water = torch.tensor([-1.0, -0.85, -0.95, 0.0, 1.0])
+    assert torch.allclose(out[0, 1, :, 0], lung, atol=1e-6)
+    assert torch.allclose(out[1, 1, :, 0], water, atol=1e-6)
+    # padding is air in each channel's own centring
+    assert torch.allclose(out[0, 0], torch.full((5, 1), -0.15)) and torch.allclose(out[1, 2], torch.full((5, 1), -1.0))
+
+
+def test_channel_count_must_match_the_encoder():
+    from schemas.ctclip import CTCLIPConfig
+
+    base = CTCLIPConfig().model_dump()
+    base["preprocess"]["channel_centers"] = (-850.0, 0.0)
+    with pytest.raises(ValueError, match="visual.channels"):
+        CTCLIPConfig.model_validate(base)
+    base["visual"]["channels"] = 2
+    assert CTCLIPConfig.model_validate(base).preprocess.n_channels == 2

@@ -37,7 +37,7 @@ class PairSet:
     ids: list[str]
     scan_ids: list[str]
     patient_ids: list[str]
-    volumes: np.ndarray  # (N, 1, D, H, W) float16, memory-mapped
+    volumes: np.ndarray  # (N, C, D, H, W) float16, memory-mapped
     sentences: list[list[list[int]]]  # per row, per sentence, token ids (no special tokens)
     labels: np.ndarray  # (N, 18) uint8, LABEL_MISSING where unknown
     failures: dict[str, str]
@@ -72,7 +72,7 @@ def build_volumes(rows, manifest_dir: Path, model_cfg, ct_cfg, folder: Path, nam
         if meta.get("key") == key:
             logger.info("%s: %d preprocessed volumes reused", npy, len(meta["ids"]))
             return np.load(npy, mmap_mode="r"), meta["ids"], meta["failures"]
-    shape = (1, *reversed(model_cfg.preprocess.shape))  # (1, D, H, W)
+    shape = (model_cfg.preprocess.n_channels, *reversed(model_cfg.preprocess.shape))  # (C, D, H, W)
     need = len(rows) * int(np.prod(shape)) * 2
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free

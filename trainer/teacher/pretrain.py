@@ -262,7 +262,7 @@ class Trainer:
 
     # --- work ---------------------------------------------------------------------------------------------
     def batch_tensors(self, pairs: tdata.PairSet, rows: list[int], rng: np.random.Generator | None):
-        """Volumes (B, 1, D, H, W), token ids and mask of the texts, and the row each text belongs to: one
+        """Volumes (B, C, D, H, W), token ids and mask of the texts, and the row each text belongs to: one
         text per row ('cls' pooling) or one per chosen sentence ('sentence_mean')."""
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         max_len = self.model_cfg.text.max_length

@@ -120,7 +120,8 @@ def main() -> None:
         "--hu-center",
         type=float,
         default=None,
-        help="override the config's preprocess.hu_center (HU; the padding follows as air): 0 is the official centre",
+        help="one input channel centred here (HU; the padding follows as air) instead of the config's centres: "
+        "0 is the official centre",
     )
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
@@ -143,6 +144,8 @@ def main() -> None:
         pre = base["preprocess"]
         pre["hu_center"] = args.hu_center
         pre["pad_value"] = (pre["hu_min"] - args.hu_center) / pre["hu_scale"]
+        pre["channel_centers"] = None  # one channel at this centre
+        base["visual"]["channels"] = 1
         args.work.mkdir(parents=True, exist_ok=True)
         model = str(args.work / "model_config.json")
         Path(model).write_text(json.dumps(base, indent=2))
@@ -166,6 +169,7 @@ def main() -> None:
     report = {
         "model": args.model,
         "hu_center": trainer.model_cfg.preprocess.hu_center,
+        "channel_centers": trainer.model_cfg.preprocess.channel_centers,
         "epochs": args.epochs,
         "train_volumes": len(trainer.train),
         "valid_volumes": len(trainer.valid),

@@ -107,20 +107,14 @@ class CTCLIPPreprocessConfig(BaseModel):
     )
     hu_min: float = -1000.0
     hu_max: float = 1000.0
-    hu_center: float = Field(
-        default=0.0,
-        description="HU subtracted before scaling: value = (clip(HU) - hu_center) / hu_scale. The official model "
-        "uses 0 (water 0, air -1). The patch embedding's LayerNorm ignores the length of a patch's feature vector, "
-        "so the density of a nearly uniform patch survives only through its offset from this centre "
-        "(docs/teacher.md): centring on lung tissue lets lung density (emphysema, ground glass) through.",
-    )
-    hu_scale: float = Field(default=1000.0, gt=0, description="Clipped, centred HU are divided by this.")
+    hu_scale: float = Field(default=1000.0, gt=0, description="Clipped (and centred) HU are divided by this.")
     channel_centers: tuple[float, ...] | None = Field(
         default=None,
-        description="Several intensity centres (HU), one input channel each: channel k is "
-        "(clip(HU) - channel_centers[k]) / hu_scale, padded with air at that centre; hu_center and pad_value "
-        "then do not apply, and visual.channels must equal their number. Each centre keeps the density of the "
-        "tissue near it (docs/teacher.md): e.g. (-850, 0) for lung and for mediastinum and metal.",
+        description="Intensity centres (HU), one input channel each: channel k is (clip(HU) - channel_centers[k]) "
+        "/ hu_scale, padded with air at that centre (pad_value then does not apply); visual.channels must equal "
+        "their number. None: the official single channel, clip(HU) / hu_scale. The patch embedding's LayerNorm "
+        "ignores the length of a patch's feature vector, so a nearly uniform patch keeps its density only "
+        "through its offset from a centre (docs/teacher.md): e.g. (-850, 0) for lung, and for mediastinum and metal.",
     )
 
     @property

@@ -142,9 +142,7 @@ def main() -> None:
 
         base = get_config(args.model).model_dump(mode="json")
         pre = base["preprocess"]
-        pre["hu_center"] = args.hu_center
-        pre["pad_value"] = (pre["hu_min"] - args.hu_center) / pre["hu_scale"]
-        pre["channel_centers"] = None  # one channel at this centre
+        pre["channel_centers"] = [args.hu_center]  # one channel at this centre
         base["visual"]["channels"] = 1
         args.work.mkdir(parents=True, exist_ok=True)
         model = str(args.work / "model_config.json")
@@ -168,7 +166,6 @@ def main() -> None:
     results["ctvit_supervised"] = history[-1]
     report = {
         "model": args.model,
-        "hu_center": trainer.model_cfg.preprocess.hu_center,
         "channel_centers": trainer.model_cfg.preprocess.channel_centers,
         "epochs": args.epochs,
         "train_volumes": len(trainer.train),

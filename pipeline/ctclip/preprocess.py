@@ -80,8 +80,6 @@ def preprocess_array(hu: np.ndarray, spacing, cfg: CTCLIPPreprocessConfig) -> to
         x = crop_or_pad(x, cfg.shape, cfg.hu_min)
         zxy = x.permute(2, 0, 1)
         return torch.stack([(zxy - c) / cfg.hu_scale for c in cfg.channel_centers]).contiguous()
-    if cfg.hu_center:  # official configs: 0, and the division alone, as the official loader computes it
-        x = x - cfg.hu_center
     x = x / cfg.hu_scale
     x = crop_or_pad(x, cfg.shape, cfg.pad_value)
     return x.permute(2, 0, 1).unsqueeze(0).contiguous()

@@ -33,13 +33,13 @@ def test_clip_scale_crop_pad_and_axis_order_by_hand():
     assert torch.equal(out, expected)
 
 
-def test_hu_center_shifts_before_scaling_by_hand():
+def test_one_channel_centre_shifts_before_scaling_by_hand():
     hu = np.array([-3000.0, -850.0, -950.0, 0.0, 1500.0], np.float32).reshape(5, 1, 1)
     cfg = CTCLIPPreprocessConfig(
-        spacing_mm=(1.0, 1.0, 1.0), shape=(5, 1, 3), hu_center=-850.0, hu_scale=1000.0, pad_value=-0.15
+        spacing_mm=(1.0, 1.0, 1.0), shape=(5, 1, 3), channel_centers=(-850.0,), hu_scale=1000.0
     )
     out = preprocess_array(hu, (1.0, 1.0, 1.0), cfg)
-    # clip to [-1000, 1000], minus the centre, / 1000; z padded 1 before and 1 after with pad_value
+    # clip to [-1000, 1000], minus the centre, / 1000; z padded 1 before and 1 after with air at that centre
     expected = torch.tensor([-0.15, 0.0, -0.1, 0.85, 1.85])
     assert torch.allclose(out[0, 1, :, 0], expected, atol=1e-6)
     assert torch.all(out[0, 0] == -0.15) and torch.all(out[0, 2] == -0.15)

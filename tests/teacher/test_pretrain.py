@@ -129,6 +129,19 @@ def test_cli_names_a_missing_vocabulary(inputs, tmp_path):
     assert "vocab.txt" in res.output
 
 
+def test_cli_names_an_unknown_anchor_unit(inputs, tmp_path):
+    train, _ = inputs
+    out = tmp_path / "r"
+    res = CliRunner().invoke(
+        app,
+        ["pretrain-ctclip", "--manifest", str(train.manifest), "--tokenizer", str(tmp_path), "--out", str(out)]
+        + ["--anchor-units", "phrase"],
+    )
+    assert res.exit_code == 2
+    assert "anchor_units" in res.output and "'sentence' or 'word'" in res.output
+    assert not out.exists()
+
+
 def test_sentence_anchors_weigh_sentences_by_rarity():
     import numpy as np
 

@@ -31,6 +31,13 @@ class CTCLIPVisualConfig(BaseModel):
     dim_head: int = Field(default=32, gt=0)
     codebook_size: int = Field(default=8192, gt=1, description="Rows of the cosine-similarity codebook.")
     channels: int = Field(default=1, gt=0)
+    quantize: bool = Field(
+        default=True,
+        description="Replace each token by the nearest codebook row before pooling (the official CTViT). A token "
+        "then carries one of codebook_size codes (9-13 bits): the codebook follows the common patterns (anatomy), "
+        "and a small or rare finding inside a token (a wire, a few cm of emphysema) is rounded away. Small configs "
+        "trained from scratch may turn it off (no codebook in the state dict); see docs/teacher.md.",
+    )
     patch_norm: bool = Field(
         default=True,
         description="LayerNorm over each patch's voxels before the patch projection (the official CTViT). It removes "
@@ -108,20 +115,30 @@ class CTCLIPPreprocessConfig(BaseModel):
     hu_min: float = -1000.0
     hu_max: float = 1000.0
     hu_scale: float = Field(default=1000.0, gt=0, description="Clipped (and centred) HU are divided by this.")
-    channel_centers: tuple[float, ...] | None = Field(
+    channel_windows: tuple[tuple[float, float], ...] | None = Field(
         default=None,
-        description="Intensity centres (HU), one input channel each: channel k is (clip(HU) - channel_centers[k]) "
-        "/ hu_scale, padded with air at that centre (pad_value then does not apply); visual.channels must equal "
-        "their number. None: the official single channel, clip(HU) / hu_scale. The patch embedding's LayerNorm "
-        "ignores the length of a patch's feature vector, so a nearly uniform patch keeps its density only "
-        "through its offset from a centre (docs/teacher.md): e.g. (-850, 0) for lung, and for mediastinum and metal.",
+        description="Display windows (low, high HU), one input channel each: channel k is HU clipped to window k "
+        "and mapped linearly onto [-1, 1] (air pads each as it sees it; pad_value and hu_scale then do not apply), "
+        "after the clip to [hu_min, hu_max] and the resampling; visual.channels must equal their number. None: the "
+        "official single channel, clip(HU) / hu_scale. Small models need them: the patch embedding's LayerNorm "
+        "ignores the length of a patch's feature vector, so the density of a nearly uniform patch (lung at a few mm "
+        "voxels) is lost unless a window spreads it (docs/teacher.md), e.g. lung (-1000, -400), mediastinum "
+        "(-160, 240), bone and metal (200, 3000).",
     )
 
     @property
     def n_channels(self) -> int:
-        return len(self.channel_centers) if self.channel_centers else 1
+        return len(self.channel_windows) if self.channel_windows else 1
 
     pad_value: float = Field(default=-1.0, description="Value of padded voxels (after scaling).")
+
+    @field_validator("channel_windows")
+    @classmethod
+    def _check_windows(cls, v):
+        for lo, hi in v or ():
+            if not lo < hi:
+                raise ValueError(f"a channel window is (low, high) HU with low < high; got ({lo}, {hi})")
+        return v
 
     @field_validator("orientation")
     @classmethod
@@ -153,8 +170,8 @@ class CTCLIPConfig(BaseModel):
         v = self.visual
         if self.preprocess.n_channels != v.channels:
             raise ValueError(
-                f"preprocess makes {self.preprocess.n_channels} channel(s) (channel_centers "
-                f"{self.preprocess.channel_centers}) but visual.channels is {v.channels}; make them equal"
+                f"preprocess makes {self.preprocess.n_channels} channel(s) (channel_windows "
+                f"{self.preprocess.channel_windows}) but visual.channels is {v.channels}; make them equal"
             )
         if (x, y, z) != (v.image_size, v.image_size, v.num_slices):
             raise ValueError(

@@ -91,7 +91,7 @@ def ctvit_supervised(trainer, epochs: int, seed: int = 0) -> list[dict[str, floa
             latent = model.latent_from_quantized(model.visual_features(vol, "fp32").quantized)
             # latents are unit vectors: a fixed gain lets the head reach confident logits
             loss = F.binary_cross_entropy_with_logits(head(10 * latent), y[rows])
-            loss = loss + trainer.cfg.vq_commitment * trainer.vq.commit_loss
+            loss = loss + trainer.commit_loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -106,6 +106,7 @@ def ctvit_supervised(trainer, epochs: int, seed: int = 0) -> list[dict[str, floa
                 ]
             )
         history.append(auroc_table(valid.labels, scores))
+        print(f"epoch {epoch}: {json.dumps({k: round(v, 3) for k, v in history[-1].items()})}", flush=True)
     return history
 
 
@@ -117,11 +118,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for the preprocessed volumes")
     ap.add_argument("--model", default="small")
     ap.add_argument(
-        "--hu-center",
-        type=float,
+        "--preprocess",
+        type=json.loads,
         default=None,
-        help="one input channel centred here (HU; the padding follows as air) instead of the config's centres: "
-        "0 is the official centre",
+        help="JSON fields that replace the config's preprocess fields (visual.channels follows), e.g. "
+        '\'{"channel_windows": null, "hu_max": 1000}\' (the official HU / 1000) or '
+        "'{\"channel_windows\": [[-1000, -400], [-160, 240]]}'",
+    )
+    ap.add_argument(
+        "--visual", type=json.loads, default=None, help="JSON fields that replace visual fields, e.g. '{\"dim\": 96}'"
     )
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
@@ -137,13 +142,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = args.model
-    if args.hu_center is not None:  # a copy of the config with another centre, written beside the volumes
+    if args.preprocess or args.visual:  # a copy of the config with other fields, written beside the volumes
         from pipeline.ctclip.config import get_config
+        from schemas.ctclip import CTCLIPPreprocessConfig
 
         base = get_config(args.model).model_dump(mode="json")
-        pre = base["preprocess"]
-        pre["channel_centers"] = [args.hu_center]  # one channel at this centre
-        base["visual"]["channels"] = 1
+        base["preprocess"].update(args.preprocess or {})
+        base["visual"].update(args.visual or {})
+        base["visual"]["channels"] = CTCLIPPreprocessConfig.model_validate(base["preprocess"]).n_channels
         args.work.mkdir(parents=True, exist_ok=True)
         model = str(args.work / "model_config.json")
         Path(model).write_text(json.dumps(base, indent=2))
@@ -166,7 +172,7 @@ def main() -> None:
     results["ctvit_supervised"] = history[-1]
     report = {
         "model": args.model,
-        "channel_centers": trainer.model_cfg.preprocess.channel_centers,
+        "preprocess": trainer.model_cfg.preprocess.model_dump(mode="json"),
         "epochs": args.epochs,
         "train_volumes": len(trainer.train),
         "valid_volumes": len(trainer.valid),

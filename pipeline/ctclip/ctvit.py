@@ -55,8 +55,8 @@ class VisualOutput:
     """What the encoder computed, for checks against the official code."""
 
     tokens: torch.Tensor  # (b, t, h, w, dim) before quantisation, float32
-    indices: torch.Tensor  # (b, t, h, w) chosen codebook rows
-    quantized: torch.Tensor  # (b, t, h, w, dim) the stored rows
+    indices: torch.Tensor | None  # (b, t, h, w) chosen codebook rows; None without the quantiser
+    quantized: torch.Tensor  # (b, t, h, w, dim) the stored rows (the tokens themselves without the quantiser)
 
 
 class CTViT(nn.Module):
@@ -70,7 +70,7 @@ class CTViT(nn.Module):
         self.to_patch_emb = PatchEmbedding(c, pt, p, dim, cfg.patch_norm)
         self.enc_spatial_transformer = Transformer(dim, cfg.spatial_depth, cfg.dim_head, cfg.heads)
         self.enc_temporal_transformer = Transformer(dim, cfg.temporal_depth, cfg.dim_head, cfg.heads)
-        self.vq = VectorQuantizer(dim, cfg.codebook_size)
+        self.vq = VectorQuantizer(dim, cfg.codebook_size) if cfg.quantize else None
         # Unused decoder heads; kept for the state dict.
         self.to_pixels_first_frame = nn.Sequential()
         self.to_pixels_first_frame.add_module("0", nn.Linear(dim, c * p * p))
@@ -109,5 +109,7 @@ class CTViT(nn.Module):
         else:
             tokens = self.encode_tokens(video)
         tokens = tokens.float()
+        if self.vq is None:  # a config without the quantiser: the tokens themselves are pooled
+            return VisualOutput(tokens=tokens, indices=None, quantized=tokens)
         quantized, indices = self.vq(tokens, fast_bf16=bf16)
         return VisualOutput(tokens=tokens, indices=indices, quantized=quantized)

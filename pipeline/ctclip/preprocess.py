@@ -61,8 +61,8 @@ def crop_or_pad(x: torch.Tensor, target, value: float) -> torch.Tensor:
 
 
 def preprocess_array(hu: np.ndarray, spacing, cfg: CTCLIPPreprocessConfig) -> torch.Tensor:
-    """HU array (x, y, z) with voxel spacing (mm, same order) -> float32 tensor (C, z, x, y): one channel, or
-    one per ``channel_centers``."""
+    """HU array (x, y, z) with voxel spacing (mm, same order) -> float32 tensor (C, z, x, y): one channel (the
+    official steps), or one per ``channel_windows`` (windowed after the resampling, as a reader would)."""
     if hu.ndim != 3:
         raise ValueError(f"expected a 3-D HU array (x, y, z), got shape {hu.shape}")
     if len(spacing) != 3 or not all(s > 0 for s in spacing):
@@ -76,10 +76,11 @@ def preprocess_array(hu: np.ndarray, spacing, cfg: CTCLIPPreprocessConfig) -> to
         zxy = x.permute(2, 0, 1)[None, None]  # interpolate works on (N, C, D, H, W); the order does not matter
         zxy = F.interpolate(zxy, size=(size[2], size[0], size[1]), mode="trilinear", align_corners=False)
         x = zxy[0, 0].permute(1, 2, 0)
-    if cfg.channel_centers:  # one channel per centre, each padded with air as that channel sees it
-        x = crop_or_pad(x, cfg.shape, cfg.hu_min)
-        zxy = x.permute(2, 0, 1)
-        return torch.stack([(zxy - c) / cfg.hu_scale for c in cfg.channel_centers]).contiguous()
+    if cfg.channel_windows:  # one channel per window, each padded with air as that window sees it
+        zxy = crop_or_pad(x, cfg.shape, cfg.hu_min).permute(2, 0, 1)
+        return torch.stack(
+            [(zxy.clamp(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2) for lo, hi in cfg.channel_windows]
+        ).contiguous()
     x = x / cfg.hu_scale
     x = crop_or_pad(x, cfg.shape, cfg.pad_value)
     return x.permute(2, 0, 1).unsqueeze(0).contiguous()

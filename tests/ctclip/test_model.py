@@ -247,20 +247,23 @@ def test_patch_norm_off_leaves_its_parameters_out_of_the_state_dict():
     assert not keys_off - keys_on
 
 
-def test_two_channel_config_runs_from_a_ct_volume():
-    """channel_centers: preprocessing makes one channel per centre and the CTViT's patches take both."""
+def test_windowed_config_runs_from_a_ct_volume():
+    """channel_windows: preprocessing makes one channel per window and the CTViT's patches take them all."""
     from pipeline.ctclip.config import get_config
     from pipeline.ctclip.model import CTCLIP
     from schemas.ctclip import CTCLIPConfig
 
     base = get_config("tiny").model_dump(mode="json")
-    base["preprocess"]["channel_centers"] = [-850.0, 0.0]
+    base["preprocess"]["channel_windows"] = [[-1000.0, -400.0], [-160.0, 240.0]]
     base["visual"]["channels"] = 2
     model = CTCLIP(CTCLIPConfig.model_validate(base))
     hu = np.random.default_rng(1).uniform(-1000, 1000, (40, 40, 30)).astype(np.float32)
     vol = CTVolume(hu=hu, affine=np.diag([-6.0, -6.0, 12.0, 1.0]), source="synthetic", hu_scaling="header", air_hu=None)
     x = preprocess_ct(vol, model.cfg)
     assert x.shape == (2, 16, 32, 32)
-    assert torch.allclose(x[0] - x[1], torch.full_like(x[0], 0.85))  # the same voxels, centred 850 HU apart
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    # the two windows disagree where only one of them resolves the density: lung-range voxels
+    lung = (x[0] > -1.0) & (x[0] < 1.0)
+    assert lung.any() and torch.all(x[1][lung] == -1.0)
     z = model.encode_ct(x[None])
     assert z.shape == (1, 32) and torch.isfinite(z).all()

@@ -33,18 +33,6 @@ def test_clip_scale_crop_pad_and_axis_order_by_hand():
     assert torch.equal(out, expected)
 
 
-def test_one_channel_centre_shifts_before_scaling_by_hand():
-    hu = np.array([-3000.0, -850.0, -950.0, 0.0, 1500.0], np.float32).reshape(5, 1, 1)
-    cfg = CTCLIPPreprocessConfig(
-        spacing_mm=(1.0, 1.0, 1.0), shape=(5, 1, 3), channel_centers=(-850.0,), hu_scale=1000.0
-    )
-    out = preprocess_array(hu, (1.0, 1.0, 1.0), cfg)
-    # clip to [-1000, 1000], minus the centre, / 1000; z padded 1 before and 1 after with air at that centre
-    expected = torch.tensor([-0.15, 0.0, -0.1, 0.85, 1.85])
-    assert torch.allclose(out[0, 1, :, 0], expected, atol=1e-6)
-    assert torch.all(out[0, 0] == -0.15) and torch.all(out[0, 2] == -0.15)
-
-
 def test_trilinear_resampling_by_hand():
     # a ramp along x at 0.5 mm becomes 1 mm: 4 voxels -> int(4 * 0.5) = 2, each the mean of a pair
     # (align_corners=False: output i samples input position 2i + 0.5)
@@ -126,26 +114,37 @@ def test_csv_spacing_decides_truncation_like_the_official_loader():
     assert csv_spacing_or_header((0.75, 0.75, 1.5), None) == (0.75, 0.75, 1.5)
 
 
-def test_channel_centers_give_one_channel_per_centre_by_hand():
-    hu = np.array([-3000.0, -850.0, -950.0, 0.0, 1500.0], np.float32).reshape(5, 1, 1)
+def test_channel_windows_map_each_window_onto_minus_one_to_one_by_hand():
+    hu = np.array([-3000.0, -850.0, -560.0, 0.0, 3071.0], np.float32).reshape(5, 1, 1)
     cfg = CTCLIPPreprocessConfig(
-        spacing_mm=(1.0, 1.0, 1.0), shape=(5, 1, 3), channel_centers=(-850.0, 0.0), hu_scale=1000.0
+        spacing_mm=(1.0, 1.0, 1.0),
+        shape=(5, 1, 3),
+        hu_max=3000.0,
+        channel_windows=((-1000.0, -400.0), (-160.0, 240.0), (200.0, 3000.0)),
     )
     out = preprocess_array(hu, (1.0, 1.0, 1.0), cfg)
-    assert out.shape == (2, 3, 5, 1)  # (C, z, x, y)
-    lung = torch.tensor([-0.15, 0.0, -0.1, 0.85, 1.85])
-    water = torch.tensor([-1.0, -0.85, -0.95, 0.0, 1.0])
-    assert torch.allclose(out[0, 1, :, 0], lung, atol=1e-6)
-    assert torch.allclose(out[1, 1, :, 0], water, atol=1e-6)
-    # padding is air in each channel's own centring
-    assert torch.allclose(out[0, 0], torch.full((5, 1), -0.15)) and torch.allclose(out[1, 2], torch.full((5, 1), -1.0))
+    assert out.shape == (3, 3, 5, 1)  # (C, z, x, y)
+    # lung window: clip to [-1000, -400], (v + 700) / 300
+    assert torch.allclose(out[0, 1, :, 0], torch.tensor([-1.0, -0.5, 140 / 300, 1.0, 1.0]), atol=1e-6)
+    # mediastinal window: clip to [-160, 240], (v - 40) / 200
+    assert torch.allclose(out[1, 1, :, 0], torch.tensor([-1.0, -1.0, -1.0, -0.2, 1.0]), atol=1e-6)
+    # high window: metal (clipped first at hu_max 3000) at the top, everything below 200 HU at the bottom
+    assert torch.allclose(out[2, 1, :, 0], torch.tensor([-1.0, -1.0, -1.0, -1.0, 1.0]), atol=1e-6)
+    # padding is air, the bottom of every window
+    assert torch.all(out[:, 0] == -1.0) and torch.all(out[:, 2] == -1.0)
+
+
+def test_channel_windows_are_checked():
+    with pytest.raises(ValueError, match="low < high"):
+        CTCLIPPreprocessConfig(channel_windows=((-400.0, -1000.0),))
+    assert CTCLIPPreprocessConfig(channel_windows=((-1000.0, -400.0), (-160.0, 240.0))).n_channels == 2
 
 
 def test_channel_count_must_match_the_encoder():
     from schemas.ctclip import CTCLIPConfig
 
     base = CTCLIPConfig().model_dump()
-    base["preprocess"]["channel_centers"] = (-850.0, 0.0)
+    base["preprocess"]["channel_windows"] = ((-1000.0, -400.0), (-160.0, 240.0))
     with pytest.raises(ValueError, match="visual.channels"):
         CTCLIPConfig.model_validate(base)
     base["visual"]["channels"] = 2

@@ -118,3 +118,33 @@ def test_gradients_reach_every_encoder_parameter_on_the_latent_path():
 def test_bad_learning_settings_are_refused():
     with pytest.raises(ValueError, match="decay"):
         QuantizerLearning(decay=1.0)
+
+
+def test_a_config_without_the_quantiser_pools_the_tokens_themselves():
+    from pipeline.ctclip.config import get_config
+    from pipeline.ctclip.model import CTCLIP
+    from schemas.ctclip import CTCLIPConfig
+
+    base = get_config("tiny").model_dump(mode="json")
+    base["visual"]["quantize"] = False
+    torch.manual_seed(3)
+    model = CTCLIP(CTCLIPConfig.model_validate(base)).eval()
+    assert model.visual_transformer.vq is None
+    assert not [k for k in model.state_dict() if ".vq." in k]  # no codebook to store or load
+    volume = tiny_volume(model, batch=2, seed=4)
+    tokens = model.visual_transformer.encode_tokens(volume)  # (b, t, h, w, dim)
+    # by hand: mean over depth, flatten (h, w, dim), project, normalise
+    pooled = tokens.mean(dim=1).reshape(2, -1)
+    expected = F.normalize(pooled @ model.to_visual_latent.weight.T, dim=-1)
+    assert torch.allclose(model.encode_ct(volume), expected, atol=1e-6)
+    # and every encoder parameter on the latent path learns (no quantiser to pass through)
+    model.train()
+    model.latent_from_quantized(model.visual_features(volume).quantized)[:, 0].sum().backward()
+    unused = ("to_patch_emb_first_frame", "to_pixels")
+    idle = ("context_norm", "null_kv")
+    without = [
+        n
+        for n, p in model.visual_transformer.named_parameters()
+        if not n.startswith(unused) and not any(i in n for i in idle) and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
+    assert without == []

@@ -213,3 +213,45 @@ def test_word_anchors_bring_phrasings_of_one_finding_together():
     assert abs(s[0] @ s[1]) < 0.05  # ... which whole-sentence anchors do not see
     assert np.allclose(w[4], 0.0)  # only what every report says: weight 0
     assert np.allclose(np.linalg.norm(w[:4], axis=1), 1.0)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "sentence_mean"])
+def test_training_text_latents_equal_the_inference_path(inputs, tmp_path, pooling):
+    """The step encodes each distinct sentence (or report) of a batch once; the latents must be those of
+    pipeline.ctclip.text.encode_texts, which embed-ct uses."""
+    from pipeline.ctclip.config import get_config
+    from pipeline.ctclip.text import encode_texts
+
+    model_cfg = get_config("tiny").model_dump(mode="json")
+    model_cfg["text"]["pooling"] = pooling
+    (tmp_path / "model.json").write_text(json.dumps(model_cfg))
+    trainer = Trainer(_cfg(inputs, tmp_path / "run", model=str(tmp_path / "model.json")))
+    trainer.model.eval()
+    rows = list(range(len(trainer.train)))
+    _, ids, mask, which, owner = trainer.batch_tensors(trainer.train, rows, None)
+    assert len(ids) < len(which)  # reconstructions share their report: fewer texts encoded than used
+    with torch.no_grad():
+        got = trainer.text_latents(ids, mask, which, owner, len(rows))
+    by_id = {r.volume_id: report_text(r.findings, r.impressions) for r in inputs[0].rows}
+    texts = [by_id[trainer.train.ids[r]] for r in rows]
+    expected = encode_texts(trainer.model, trainer.tokenizer, texts)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_a_config_without_the_quantiser_trains_and_exports(inputs, tmp_path):
+    from pipeline.ctclip.config import get_config
+
+    model_cfg = get_config("tiny").model_dump(mode="json")
+    model_cfg["visual"]["quantize"] = False
+    (tmp_path / "model.json").write_text(json.dumps(model_cfg))
+    result = run_pretrain(_cfg(inputs, tmp_path / "run", model=str(tmp_path / "model.json"), epochs=1))
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if x["split"] == "train"]
+    assert train_lines and all("codes_used" not in x for x in train_lines)
+    model = load_ctclip(result.export / "ctclip.pt", cfg=str(result.export / "model_config.json"))  # strict
+    assert model.visual_transformer.vq is None
+    before = Trainer(_cfg(inputs, tmp_path / "fresh", model=str(tmp_path / "model.json"))).model
+    moved = [
+        k for k, v in model.state_dict().items() if "to_patch_emb." in k and not torch.equal(v, before.state_dict()[k])
+    ]
+    assert moved  # the patch embedding learnt: gradients reach it with no quantiser in the way

@@ -143,12 +143,15 @@ class Trainer:
             for module in self.model.text_transformer.modules():
                 if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
                     module.weight.normal_(0.0, cfg.text_init_std)
-        self.vq = self.model.visual_transformer.vq
-        self.vq.start_learning(
-            QuantizerLearning(
-                decay=cfg.vq_decay, commitment_weight=cfg.vq_commitment, dead_code_threshold=cfg.vq_dead_code_threshold
+        self.vq = self.model.visual_transformer.vq  # None in a config without the quantiser
+        if self.vq is not None:
+            self.vq.start_learning(
+                QuantizerLearning(
+                    decay=cfg.vq_decay,
+                    commitment_weight=cfg.vq_commitment,
+                    dead_code_threshold=cfg.vq_dead_code_threshold,
+                )
             )
-        )
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
         for name, p in self.model.named_parameters():
@@ -262,8 +265,10 @@ class Trainer:
 
     # --- work ---------------------------------------------------------------------------------------------
     def batch_tensors(self, pairs: tdata.PairSet, rows: list[int], rng: np.random.Generator | None):
-        """Volumes (B, C, D, H, W), token ids and mask of the texts, and the row each text belongs to: one
-        text per row ('cls' pooling) or one per chosen sentence ('sentence_mean')."""
+        """Volumes (B, C, D, H, W); token ids and mask of the distinct texts; per text of each row, which
+        distinct text it is and the row it belongs to. One text per row ('cls' pooling) or one per chosen
+        sentence ('sentence_mean'). Reports share most sentences ('No pleural effusion.'), so a batch of 32
+        holds ~350 sentences but ~120 distinct ones: each is encoded once."""
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         max_len = self.model_cfg.text.max_length
         per_sentence = self.model_cfg.text.pooling == "sentence_mean"
@@ -276,16 +281,20 @@ class Trainer:
             for part in parts:
                 texts.append(tdata.text_ids(part, cls_id, sep_id, max_len))
                 owner.append(k)
-        ids, mask = tdata.pad_batch(texts, self.tokenizer.pad_token_id)
+        distinct: dict[tuple[int, ...], int] = {}
+        which = [distinct.setdefault(tuple(t), len(distinct)) for t in texts]
+        ids, mask = tdata.pad_batch([list(t) for t in distinct], self.tokenizer.pad_token_id)
         idx = np.sort(np.asarray(rows))
         order = np.argsort(np.argsort(rows))
         vol = torch.from_numpy(np.asarray(pairs.volumes[idx], dtype=np.float32)[order])
-        return vol, ids, mask, torch.tensor(owner)
+        return vol, ids, mask, torch.tensor(which), torch.tensor(owner)
 
-    def text_latents(self, ids: torch.Tensor, mask: torch.Tensor, owner: torch.Tensor, rows: int) -> torch.Tensor:
+    def text_latents(
+        self, ids: torch.Tensor, mask: torch.Tensor, which: torch.Tensor, owner: torch.Tensor, rows: int
+    ) -> torch.Tensor:
         """One latent per row: the text's CLS latent, or the normalised mean of its sentences' (as
         :func:`pipeline.ctclip.text.encode_texts` computes it at inference)."""
-        z = self.model.encode_text(ids, mask)
+        z = self.model.encode_text(ids, mask)[which]
         if self.model_cfg.text.pooling == "cls":
             return z
         sums = torch.zeros(rows, z.shape[1], dtype=z.dtype).index_add(0, owner, z)
@@ -293,36 +302,43 @@ class Trainer:
 
     def train_step(self, rows: list[int]) -> dict:
         rng = np.random.default_rng([self.cfg.seed, self.epoch, self.epoch_step, 1])
-        vol, ids, mask, owner = self.batch_tensors(self.train, rows, rng)
+        vol, ids, mask, which, owner = self.batch_tensors(self.train, rows, rng)
         for group in self.optimizer.param_groups:
             group["lr"] = _lr_at(self.cfg, self.step, self.total_steps)
         self.model.train()
         feats = self.model.visual_features(vol, "fp32")
         ct = self.model.latent_from_quantized(feats.quantized)
-        text = self.text_latents(ids, mask, owner, len(rows))
+        text = self.text_latents(ids, mask, which, owner, len(rows))
         scale = self.model.temperature.exp().clamp(max=self.cfg.max_logit_scale)
         if self.anchors is not None and self.epoch < self.cfg.anchor_epochs:
             target = torch.from_numpy(self.anchors[rows])
             clip = 0.5 * (info_nce(ct, target, scale) + info_nce(text, target, scale))
         else:
             clip = info_nce(ct, text, scale)
-        loss = clip + self.cfg.vq_commitment * self.vq.commit_loss
+        loss = clip + self.commit_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         with torch.no_grad():
             self.model.temperature.clamp_(max=math.log(self.cfg.max_logit_scale))
-        used = int((self.vq._codebook.cluster_size > self.cfg.vq_dead_code_threshold).sum())
-        return {
+        record = {
             "loss": float(loss.detach()),
             "clip_loss": float(clip.detach()),
-            "commit_loss": float(self.vq.commit_loss.detach()),
             "logit_scale": float(scale.detach()),
-            "codes_used": used,
-            "codes_restarted": self.vq.restarted_codes,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if self.vq is not None:
+            record["commit_loss"] = float(self.vq.commit_loss.detach())
+            record["codes_used"] = int((self.vq._codebook.cluster_size > self.cfg.vq_dead_code_threshold).sum())
+            record["codes_restarted"] = self.vq.restarted_codes
+        return record
+
+    def commit_loss(self) -> torch.Tensor:
+        """The quantiser's weighted commitment loss of the last forward pass (0 without a quantiser)."""
+        if self.vq is None:
+            return torch.zeros(())
+        return self.cfg.vq_commitment * self.vq.commit_loss
 
     @torch.no_grad()
     def encode_set(self, pairs: tdata.PairSet, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -331,9 +347,9 @@ class Trainer:
         cts, texts = [], []
         for s in range(0, len(pairs), batch):
             rows = list(range(s, min(s + batch, len(pairs))))
-            vol, ids, mask, owner = self.batch_tensors(pairs, rows, None)
+            vol, ids, mask, which, owner = self.batch_tensors(pairs, rows, None)
             cts.append(self.model.encode_ct(vol, "fp32").numpy())
-            texts.append(self.text_latents(ids, mask, owner, len(rows)).numpy())
+            texts.append(self.text_latents(ids, mask, which, owner, len(rows)).numpy())
         return np.concatenate(cts), np.concatenate(texts)
 
     def validate(self) -> dict:
@@ -383,7 +399,7 @@ class Trainer:
                 self.step += 1
                 self.epoch_step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", codes=m["codes_used"])
+                bar.set_postfix(loss=f"{m['loss']:.3f}", **({"codes": m["codes_used"]} if "codes_used" in m else {}))
                 if self.step % 10 == 0 or self.epoch_step == len(batches):
                     self.log_metrics({"step": self.step, "epoch": self.epoch, "split": "train", **m})
                 if self.step % self.cfg.checkpoint_every == 0 and self.epoch_step < len(batches):

@@ -1,7 +1,8 @@
 """What the demo teacher's CT encoder could reach at best: supervised probes on the teacher's own data.
 
     python scripts/teacher_ceiling.py --manifest data/train.jsonl --valid-manifest data/valid.jsonl \
-        --tokenizer data/vocab --work /tmp/ceiling [--epochs 10] [--json out.json]
+        --tokenizer data/vocab --work /tmp/ceiling [--epochs 10] [--json out.json] \
+        [--preprocess '{"channel_windows": [[-1000, 1000]], "hu_max": 1000}'] [--visual '{"quantize": true}']
 
 A zero-shot CT-CLIP can at best find what its image encoder can be trained to see. Three
 probes, on exactly the volumes pretrain-ctclip trains on (its preprocessing, its cache), give
@@ -10,9 +11,12 @@ the validation AUROC per label when the labels themselves are the training signa
 * ``logreg_blocks``: logistic regression (C=0.01) on the mean of each 8 x 8 x 8 voxel block
   (the token grid of the ``small`` config), with the features standardised (each block's mean
   and spread over patients) and without;
-* ``ctvit_supervised``: the ``small`` CTViT (quantiser in training mode, as pretrain-ctclip
-  trains it) + its latent projection + a linear head, trained with binary cross-entropy on the
-  18 labels (AdamW 1e-3, batch 32).
+* ``ctvit_supervised``: the ``small`` CTViT (with its quantiser in training mode where the
+  config has one, as pretrain-ctclip trains it) + its latent projection + a linear head,
+  trained with binary cross-entropy on the 18 labels (AdamW 1e-3, batch 32).
+
+``--preprocess`` and ``--visual`` change fields of the config for a probe (e.g. other windows,
+no quantiser); the changed config is written beside the volumes and named in the JSON.
 
 docs/teacher.md quotes the figures and what they mean. Nothing is asserted: a diagnostic.
 """

@@ -15,8 +15,8 @@ def demo(
     out: Path | None = typer.Option(
         None, help="Folder of the whole demo; the same command again resumes it (default: out/demo)."
     ),
-    n: int | None = typer.Option(None, help="Synthetic CT volumes to make (default: 1000)."),
-    epochs: int | None = typer.Option(None, help="Student training epochs (default: 40)."),
+    n: int | None = typer.Option(None, help="Synthetic CT volumes to make (default: 1400)."),
+    epochs: int | None = typer.Option(None, help="Student training epochs (default: 60)."),
     pretrain_teacher: bool | None = typer.Option(
         None,
         "--pretrain-teacher",

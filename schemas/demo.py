@@ -16,15 +16,15 @@ class DemoConfig(StageConfig):
     """Options of ``x2ct-pipeline demo`` (defaults: about 10 minutes on 2 CPU cores)."""
 
     out: Path = Field(default=Path("out/demo"), description="Folder of the whole demo; a rerun resumes it.")
-    n: int = Field(default=1000, ge=8, description="Synthetic volumes (reconstructions) to make.")
+    n: int = Field(default=1400, ge=8, description="Synthetic volumes (reconstructions) to make.")
     size: int = Field(default=64, ge=32, description="In-plane CT matrix (voxels).")
-    test_fraction: float = Field(default=0.5, gt=0, lt=1, description="Share of patients held out for the figures.")
+    test_fraction: float = Field(default=0.35, gt=0, lt=1, description="Share of patients held out for the figures.")
     seed: int = Field(default=DEMO_SEED, description="Synthetic patients' seed (keep it off the teacher's, 1000).")
     drr_size: int = Field(default=128, ge=32, description="Simulated radiograph side (pixels).")
     encoder: str = Field(
         default="resnet-mini", description="CXR encoder of `train` (a preset, open_clip model name or config .json)."
     )
-    epochs: int = Field(default=40, ge=1, description="Student training epochs (one radiograph per scan each).")
+    epochs: int = Field(default=60, ge=1, description="Student training epochs (one radiograph per scan each).")
     batch_size: int = Field(default=32, ge=2, description="Student batch size.")
     lr: float = Field(default=1e-3, gt=0, description="Student learning rate.")
     pretrain_teacher: bool = Field(

@@ -296,12 +296,16 @@ def test_a_volume_that_breaks_the_batch_fails_alone(inputs):
 
 def test_report_latents_are_dropped_after_their_last_row(inputs, reference, tmp_path):
     """A report's latent is held only while a row that uses it is unfinished: of the four reports
-    (scans 0 and 4 share one, 3 scans apart) at most two are held at once, in the reference run and
-    with one volume in flight (a driver keeping every latent holds all four by the end); each report
-    is still embedded once and the rows equal the reference's."""
+    (scans 0 and 4 share one, 3 scans apart) at most two are held at once with one volume in flight
+    (a driver keeping every latent holds all four by the end); each report is still embedded once
+    and the rows equal the reference's.
+
+    Only the one-in-flight run has a fixed bound: with batches of 2 (the reference run), which rows
+    share a batch depends on how many decodes finish between two waits (a CI run paired scans 1 and 2
+    and held three), so there the count of embedded reports is what is checked."""
     out = tmp_path / "small.h5"
     summary = run_embed(config(inputs, out, batch_size=1, prefetch=1))
+    assert summary.extras["report_latents_held_max"] <= 2
     for run in (summary, reference[0]):
         assert run.extras["texts_embedded"] == 4
-        assert run.extras["report_latents_held_max"] <= 2
     assert_same_rows(load_embeddings(out), reference[1])

@@ -36,6 +36,7 @@ figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-style: italic; font-size: 0.9em; }
 .note { background: #fff6dd; border-left: 4px solid #e0b000; padding: .5em 1em; }
 .meta { color: #666; font-size: 0.85em; }
+.pre { white-space: pre; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 0.8em; overflow-x: auto; }
 """
 
 

@@ -61,6 +61,12 @@ def test_summary_names_every_label_and_why(smoke):
     assert on_disk["zero_shot_auroc"]["ct_teacher"][on_disk["headline_prompts"]]["macro_visible"] == pytest.approx(
         float(np.mean(vals))
     )
+    # the report's text summary is the printed table, kept fixed-width (it once collapsed into one paragraph)
+    html = (out / "report.html").read_text()
+    block = html[html.index('<p class="pre">') :]
+    block = block[: block.index("</p>")]
+    assert "macro, visible in projection" in block and block.count("\n") >= len(on_disk["visible_labels"])
+    assert ".pre { white-space: pre;" in html
 
 
 def test_a_rerun_skips_finished_stages(smoke):

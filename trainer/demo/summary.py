@@ -308,7 +308,7 @@ def write_report(p, summary: dict, arrays: dict, table: str) -> Path:
         [[n, "yes" if v["counted"] else "no", v["why"]] for n, v in summary["visible_in_projection"].items()],
     )
     report.heading("Text summary")
-    report.paragraph(table)
+    report.paragraph(table, css_class="pre")  # the fixed-width table as printed: its columns need its spaces
     return report.write(p.report)
 
 

@@ -58,10 +58,11 @@ def main() -> None:
         parts = split_sentences(report_text(row.findings, row.impressions))
         return tok(parts, add_special_tokens=False)["input_ids"]
 
-    def step(texts: list[list[int]], owner: list[int]) -> float:
+    def step(texts: list[list[int]], which: list[int], owner: list[int]) -> float:
+        """Encode ``texts``, gather them per sentence (``which``), pool per report, backward: seconds."""
         t0 = time.perf_counter()
         ids, mask = tdata.pad_batch(texts, tok.pad_token_id)
-        z = model.encode_text(ids, mask)
+        z = model.encode_text(ids, mask)[torch.tensor(which)]
         sums = torch.zeros(args.batch_size, z.shape[1]).index_add(0, torch.tensor(owner), z)
         F.normalize(sums, dim=-1).square().sum().backward()
         model.zero_grad(set_to_none=True)
@@ -75,18 +76,10 @@ def main() -> None:
             for s in tdata.choose_sentences(sentence_ids(row), rng, 0.5):
                 texts.append(tdata.text_ids([s], tok.cls_token_id, tok.sep_token_id, cfg.text.max_length))
                 owner.append(k)
-        distinct: dict[tuple[int, ...], int] = {}
-        which = [distinct.setdefault(tuple(t), len(distinct)) for t in texts]
+        distinct, which = tdata.distinct_texts(texts)  # what Trainer.batch_tensors does
         shares.append(len(distinct) / len(texts))
-        every.append(step(texts, owner))
-        # the distinct texts, then the gather (what Trainer.text_latents does)
-        t0 = time.perf_counter()
-        ids, mask = tdata.pad_batch([list(t) for t in distinct], tok.pad_token_id)
-        z = model.encode_text(ids, mask)[torch.tensor(which)]
-        sums = torch.zeros(args.batch_size, z.shape[1]).index_add(0, torch.tensor(owner), z)
-        F.normalize(sums, dim=-1).square().sum().backward()
-        model.zero_grad(set_to_none=True)
-        distinct_only.append(time.perf_counter() - t0)
+        every.append(step(texts, list(range(len(texts))), owner))
+        distinct_only.append(step(distinct, which, owner))
     out = {
         "model": args.model,
         "batch_size": args.batch_size,

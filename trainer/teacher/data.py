@@ -158,6 +158,13 @@ def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def distinct_texts(texts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The distinct token sequences in first-seen order, and for each input which of them it is."""
+    index: dict[tuple[int, ...], int] = {}
+    which = [index.setdefault(tuple(t), len(index)) for t in texts]
+    return [list(t) for t in index], which
+
+
 def choose_sentences(sentences: list[list[int]], rng: np.random.Generator, subset_prob: float) -> list[list[int]]:
     """The whole report, or (with ``subset_prob``) a random non-empty subset of its sentences, in order."""
     if len(sentences) < 2 or rng.random() >= subset_prob:

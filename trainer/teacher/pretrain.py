@@ -281,9 +281,8 @@ class Trainer:
             for part in parts:
                 texts.append(tdata.text_ids(part, cls_id, sep_id, max_len))
                 owner.append(k)
-        distinct: dict[tuple[int, ...], int] = {}
-        which = [distinct.setdefault(tuple(t), len(distinct)) for t in texts]
-        ids, mask = tdata.pad_batch([list(t) for t in distinct], self.tokenizer.pad_token_id)
+        distinct, which = tdata.distinct_texts(texts)
+        ids, mask = tdata.pad_batch(distinct, self.tokenizer.pad_token_id)
         idx = np.sort(np.asarray(rows))
         order = np.argsort(np.argsort(rows))
         vol = torch.from_numpy(np.asarray(pairs.volumes[idx], dtype=np.float32)[order])

@@ -114,7 +114,11 @@ class CTCLIPPreprocessConfig(BaseModel):
     )
     hu_min: float = -1000.0
     hu_max: float = 1000.0
-    hu_scale: float = Field(default=1000.0, gt=0, description="Clipped (and centred) HU are divided by this.")
+    hu_scale: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Clipped HU are divided by this (the official single channel; windows scale by their own width).",
+    )
     channel_windows: tuple[tuple[float, float], ...] | None = Field(
         default=None,
         description="Display windows (low, high HU), one input channel each: channel k is HU clipped to window k "

@@ -244,7 +244,8 @@ def test_a_config_without_the_quantiser_trains_and_exports(inputs, tmp_path):
     model_cfg = get_config("tiny").model_dump(mode="json")
     model_cfg["visual"]["quantize"] = False
     (tmp_path / "model.json").write_text(json.dumps(model_cfg))
-    result = run_pretrain(_cfg(inputs, tmp_path / "run", model=str(tmp_path / "model.json"), epochs=1))
+    # progress on: the bar once read the codebook's use from every step's record and crashed without a quantiser
+    result = run_pretrain(_cfg(inputs, tmp_path / "run", model=str(tmp_path / "model.json"), epochs=1, progress=True))
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if x["split"] == "train"]
     assert train_lines and all("codes_used" not in x for x in train_lines)
